@@ -1,0 +1,42 @@
+// The single TORCH_LIBRARY block of the q8 namespace. Op families add their
+// schemas with TORCH_LIBRARY_FRAGMENT in csrc/ops/<family>.cpp.
+#include <torch/library.h>
+
+#include <q8/q8.h>
+
+#include "ops/cpu/isa.h"
+
+namespace q8 {
+
+int64_t register_ops() {
+  // Nothing to do at run time: referencing this function keeps libq8 (and the
+  // static registrations below and in csrc/ops/) linked into the program.
+  return 1;
+}
+
+const char* cpu_isa() {
+  return cpu::isa_name(cpu::active_isa());
+}
+
+void set_cpu_isa(const char* name) {
+  cpu::set_isa(cpu::parse_isa(name));
+}
+
+namespace {
+std::string get_cpu_isa_op() {
+  return cpu_isa();
+}
+std::string set_cpu_isa_op(const std::string& name) {
+  std::string previous = cpu_isa();
+  set_cpu_isa(name.c_str());
+  return previous;
+}
+} // namespace
+
+TORCH_LIBRARY(q8, m) {
+  // Which CPU kernel family is in use, and a way to force one (tests compare them).
+  m.def("_get_cpu_isa() -> str", &get_cpu_isa_op);
+  m.def("_set_cpu_isa(str isa) -> str", &set_cpu_isa_op);
+}
+
+} // namespace q8

@@ -1,0 +1,198 @@
+#include "checks.h"
+
+#include <cmath>
+
+#include <ATen/ATen.h>
+
+namespace q8::detail {
+
+void check_float_input(const char* op, const at::Tensor& input) {
+  TORCH_CHECK(input.defined(), "q8.", op, ": input must be a defined tensor");
+  const auto dt = input.scalar_type();
+  TORCH_CHECK(
+      dt == at::kFloat || dt == at::kHalf || dt == at::kBFloat16,
+      "q8.", op, ": input must be float32, float16 or bfloat16, got ", dt);
+}
+
+void check_quant_range(const char* op, int64_t quant_min, int64_t quant_max) {
+  TORCH_CHECK(
+      quant_min < quant_max,
+      "q8.", op, ": quant_min must be less than quant_max, got quant_min=", quant_min,
+      " and quant_max=", quant_max);
+  TORCH_CHECK(
+      quant_min >= kMinQuant && quant_max <= kMaxQuant,
+      "q8.", op, ": [quant_min, quant_max] must lie inside the 16-bit range [", kMinQuant, ", ",
+      kMaxQuant, "], got [", quant_min, ", ", quant_max, "]");
+}
+
+void check_quant_range_fits(const char* op, int64_t quant_min, int64_t quant_max, at::ScalarType dtype) {
+  int64_t lo = 0;
+  int64_t hi = 0;
+  switch (dtype) {
+    case at::kChar:
+      lo = -128;
+      hi = 127;
+      break;
+    case at::kByte:
+      lo = 0;
+      hi = 255;
+      break;
+    case at::kInt:
+      lo = std::numeric_limits<int32_t>::min();
+      hi = std::numeric_limits<int32_t>::max();
+      break;
+    default:
+      TORCH_CHECK(false, "q8.", op, ": dtype must be torch.int8, torch.uint8 or torch.int32, got ", dtype);
+  }
+  TORCH_CHECK(
+      quant_min >= lo && quant_max <= hi,
+      "q8.", op, ": [quant_min, quant_max] = [", quant_min, ", ", quant_max, "] does not fit in dtype ",
+      dtype, " (range [", lo, ", ", hi, "])");
+}
+
+std::optional<int64_t> check_axis(const char* op, const at::Tensor& input, std::optional<int64_t> axis) {
+  if (!axis.has_value()) {
+    return std::nullopt;
+  }
+  const int64_t dim = input.dim();
+  TORCH_CHECK(
+      dim > 0, "q8.", op, ": axis must be None for a 0-dim input (per-channel needs a dimension), got axis=",
+      *axis);
+  TORCH_CHECK(
+      *axis >= -dim && *axis < dim,
+      "q8.", op, ": axis must be in [", -dim, ", ", dim - 1, "] for a ", dim, "-dim input, got ", *axis);
+  return *axis < 0 ? *axis + dim : *axis;
+}
+
+void check_same_device(const char* op, const at::Tensor& reference, const char* ref_name,
+                       const at::Tensor& other, const char* other_name) {
+  TORCH_CHECK(
+      other.device() == reference.device(),
+      "q8.", op, ": ", other_name, " must be on the same device as ", ref_name, " (", reference.device(),
+      "), got ", other.device());
+}
+
+void check_qparams(
+    const char* op,
+    const at::Tensor& input,
+    const at::Tensor& scale,
+    const at::Tensor& zero_point,
+    std::optional<int64_t> axis) {
+  TORCH_CHECK(scale.defined(), "q8.", op, ": scale must be a defined tensor");
+  TORCH_CHECK(zero_point.defined(), "q8.", op, ": zero_point must be a defined tensor");
+  TORCH_CHECK(
+      scale.scalar_type() == at::kFloat, "q8.", op, ": scale must be float32, got ", scale.scalar_type());
+  const auto zdt = zero_point.scalar_type();
+  TORCH_CHECK(
+      zdt == at::kInt || zdt == at::kLong || zdt == at::kFloat,
+      "q8.", op, ": zero_point must be int32, int64 or float32, got ", zdt);
+  check_same_device(op, input, "input", scale, "scale");
+  check_same_device(op, input, "input", zero_point, "zero_point");
+  if (!axis.has_value()) {
+    TORCH_CHECK(
+        scale.sym_numel() == 1, "q8.", op, ": scale must have exactly one element per tensor, got shape ",
+        scale.sym_sizes());
+    TORCH_CHECK(
+        zero_point.sym_numel() == 1,
+        "q8.", op, ": zero_point must have exactly one element per tensor, got shape ", zero_point.sym_sizes());
+  } else {
+    const auto channels = input.sym_size(*axis);
+    TORCH_CHECK(
+        scale.dim() == 1 && scale.sym_size(0) == channels,
+        "q8.", op, ": scale must be 1-D with input.size(axis) = ", channels, " elements (axis ", *axis,
+        "), got shape ", scale.sym_sizes());
+    TORCH_CHECK(
+        zero_point.dim() == 1 && zero_point.sym_size(0) == channels,
+        "q8.", op, ": zero_point must be 1-D with input.size(axis) = ", channels, " elements (axis ", *axis,
+        "), got shape ", zero_point.sym_sizes());
+  }
+}
+
+void check_scale_values(const char* op, const at::Tensor& scale) {
+  TORCH_INTERNAL_ASSERT(scale.device().is_cpu() && scale.scalar_type() == at::kFloat);
+  const auto s = scale.contiguous();
+  const float* p = s.const_data_ptr<float>();
+  for (int64_t i = 0; i < s.numel(); ++i) {
+    TORCH_CHECK(
+        std::isfinite(p[i]) && p[i] > 0.0f,
+        "q8.", op, ": scale must be finite and > 0, got ", p[i], s.numel() > 1 ? " at channel " : "",
+        s.numel() > 1 ? std::to_string(i) : std::string());
+  }
+}
+
+void check_zero_point_values(const char* op, const at::Tensor& zero_point, int64_t quant_min, int64_t quant_max) {
+  TORCH_INTERNAL_ASSERT(zero_point.device().is_cpu());
+  const auto z = zero_point.contiguous();
+  const int64_t n = z.numel();
+  const std::string where = n > 1 ? " at channel " : "";
+  if (z.scalar_type() == at::kFloat) {
+    const float* p = z.const_data_ptr<float>();
+    for (int64_t i = 0; i < n; ++i) {
+      TORCH_CHECK(std::isfinite(p[i]), "q8.", op, ": zero_point must be finite, got ", p[i], where,
+                  n > 1 ? std::to_string(i) : std::string());
+    }
+    return;
+  }
+  const auto zl = z.to(at::kLong);
+  const int64_t* p = zl.const_data_ptr<int64_t>();
+  for (int64_t i = 0; i < n; ++i) {
+    TORCH_CHECK(
+        p[i] >= quant_min && p[i] <= quant_max,
+        "q8.", op, ": zero_point must lie in [quant_min, quant_max] = [", quant_min, ", ", quant_max,
+        "], got ", p[i], where, n > 1 ? std::to_string(i) : std::string());
+  }
+}
+
+} // namespace q8::detail
+
+namespace q8::detail {
+
+std::optional<int64_t> check_fake_quantize_args(
+    const char* op,
+    const at::Tensor& input,
+    const at::Tensor& scale,
+    const at::Tensor& zero_point,
+    std::optional<int64_t> axis,
+    int64_t quant_min,
+    int64_t quant_max) {
+  check_float_input(op, input);
+  check_quant_range(op, quant_min, quant_max);
+  const auto wrapped = check_axis(op, input, axis);
+  check_qparams(op, input, scale, zero_point, wrapped);
+  return wrapped;
+}
+
+} // namespace q8::detail
+
+namespace q8::detail {
+
+std::pair<int64_t, int64_t> dequantize_zero_point_range(at::ScalarType qdtype) {
+  switch (qdtype) {
+    case at::kChar:
+      return {-128, 127};
+    case at::kByte:
+      return {0, 255};
+    default:
+      return {kMinQuant, kMaxQuant};
+  }
+}
+
+std::optional<int64_t> check_dequantize_args(
+    const char* op,
+    const at::Tensor& input,
+    const at::Tensor& scale,
+    const at::Tensor& zero_point,
+    std::optional<int64_t> axis,
+    at::ScalarType dtype) {
+  TORCH_CHECK(input.defined(), "q8.", op, ": input must be a defined tensor");
+  const auto qdt = input.scalar_type();
+  TORCH_CHECK(qdt == at::kChar || qdt == at::kByte || qdt == at::kInt,
+              "q8.", op, ": input must be int8, uint8 or int32, got ", qdt);
+  TORCH_CHECK(dtype == at::kFloat || dtype == at::kHalf || dtype == at::kBFloat16,
+              "q8.", op, ": dtype must be float32, float16 or bfloat16, got ", dtype);
+  const auto wrapped = check_axis(op, input, axis);
+  check_qparams(op, input, scale, zero_point, wrapped);
+  return wrapped;
+}
+
+} // namespace q8::detail

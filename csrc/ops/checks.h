@@ -1,0 +1,84 @@
+// Argument checks shared by every q8 op and every kernel (CPU, CUDA, Meta), so
+// that bad input gives the same clear RuntimeError on every device and under
+// torch.compile. Messages read "q8.<op>: <argument> must be ..., got ...".
+// None of these reads tensor data (that would sync a GPU); the CPU kernels also
+// validate values with check_scale_values / check_zero_point_values.
+#pragma once
+
+#include <optional>
+
+#include <ATen/core/Tensor.h>
+
+namespace q8::detail {
+
+// The widest quantization range any q8 op accepts: signed and unsigned 16-bit.
+constexpr int64_t kMinQuant = -32768;
+constexpr int64_t kMaxQuant = 65535;
+
+// input is float32, float16 or bfloat16.
+void check_float_input(const char* op, const at::Tensor& input);
+
+// quant_min < quant_max, both inside [kMinQuant, kMaxQuant].
+void check_quant_range(const char* op, int64_t quant_min, int64_t quant_max);
+
+// [quant_min, quant_max] fits in `dtype` (int8, uint8 or int32).
+void check_quant_range_fits(const char* op, int64_t quant_min, int64_t quant_max, at::ScalarType dtype);
+
+// Wraps a (possibly negative) axis into [0, input.dim()); nullopt stays nullopt.
+std::optional<int64_t> check_axis(const char* op, const at::Tensor& input, std::optional<int64_t> axis);
+
+// scale (float32) and zero_point (int32, int64 or float32) have the right dtype,
+// live on input's device, and have one element (per tensor) or input.size(axis)
+// elements in one dimension (per channel). `axis` is already wrapped.
+void check_qparams(
+    const char* op,
+    const at::Tensor& input,
+    const at::Tensor& scale,
+    const at::Tensor& zero_point,
+    std::optional<int64_t> axis);
+
+// Tensors that must all be on `reference`'s device.
+void check_same_device(const char* op, const at::Tensor& reference, const char* ref_name,
+                       const at::Tensor& other, const char* other_name);
+
+// Data checks for host (CPU) scale / zero_point tensors: every scale is finite and
+// > 0, every integer zero point lies in [quant_min, quant_max], every float zero
+// point is finite.
+void check_scale_values(const char* op, const at::Tensor& scale);
+void check_zero_point_values(const char* op, const at::Tensor& zero_point, int64_t quant_min, int64_t quant_max);
+
+} // namespace q8::detail
+
+namespace q8::detail {
+
+// Everything the fake-quantize / quantize ops check before touching data:
+// input dtype, quantization range, axis and the shapes / dtypes / devices of
+// scale and zero_point. Returns the wrapped axis (nullopt per tensor).
+std::optional<int64_t> check_fake_quantize_args(
+    const char* op,
+    const at::Tensor& input,
+    const at::Tensor& scale,
+    const at::Tensor& zero_point,
+    std::optional<int64_t> axis,
+    int64_t quant_min,
+    int64_t quant_max);
+
+} // namespace q8::detail
+
+namespace q8::detail {
+
+// dequantize: input int8 / uint8 / int32, output dtype float32 / float16 /
+// bfloat16, plus the axis and qparams checks. Returns the wrapped axis.
+std::optional<int64_t> check_dequantize_args(
+    const char* op,
+    const at::Tensor& input,
+    const at::Tensor& scale,
+    const at::Tensor& zero_point,
+    std::optional<int64_t> axis,
+    at::ScalarType dtype);
+
+// The zero points a dequantize input of `qdtype` accepts: the dtype's range within
+// the 16-bit range every q8 op supports.
+std::pair<int64_t, int64_t> dequantize_zero_point_range(at::ScalarType qdtype);
+
+} // namespace q8::detail

@@ -1,0 +1,104 @@
+#include "qparams.h"
+
+#include <cmath>
+
+#include <ATen/ATen.h>
+
+#include "../checks.h"
+
+namespace q8::cpu {
+
+Layout layout_of(const at::Tensor& input, std::optional<int64_t> axis) {
+  Layout l;
+  if (!axis.has_value()) {
+    l.inner = input.numel();
+    return l;
+  }
+  const auto sizes = input.sizes();
+  for (int64_t d = 0; d < *axis; ++d) {
+    l.outer *= sizes[d];
+  }
+  l.channels = sizes[*axis];
+  for (int64_t d = *axis + 1; d < input.dim(); ++d) {
+    l.inner *= sizes[d];
+  }
+  return l;
+}
+
+ChannelParams make_layout_params(const Layout& layout, std::vector<int64_t>* channel_of) {
+  ChannelParams p;
+  p.numel = layout.outer * layout.channels * layout.inner;
+  if (layout.channels == 1 || layout.inner >= kMinRun) {
+    // One channel per run of `inner` elements (a single channel: one run).
+    p.broadcast = true;
+    p.channels = layout.channels;
+    p.inner = layout.channels == 1 ? std::max<int64_t>(p.numel, 1) : layout.inner;
+    return p;
+  }
+  // Short runs: repeat the channel pattern (period channels * inner) until the
+  // period is long enough to vectorize.
+  const int64_t base = layout.channels * layout.inner;
+  const int64_t reps = (4 * kMinRun + base - 1) / base;
+  p.broadcast = false;
+  p.period = base * reps;
+  if (channel_of != nullptr) {
+    channel_of->resize(p.period);
+    for (int64_t i = 0; i < p.period; ++i) {
+      (*channel_of)[i] = (i / layout.inner) % layout.channels;
+    }
+  }
+  return p;
+}
+
+HostParams make_host_params(
+    const char* op,
+    const Layout& layout,
+    const at::Tensor& scale,
+    const at::Tensor& zero_point,
+    int64_t quant_min,
+    int64_t quant_max) {
+  detail::check_scale_values(op, scale);
+  detail::check_zero_point_values(op, zero_point, quant_min, quant_max);
+
+  const int64_t channels = layout.channels;
+  const auto s = scale.contiguous();
+  const auto z = zero_point.to(at::kFloat).contiguous();
+  const float* sp = s.const_data_ptr<float>();
+  const float* zp = z.const_data_ptr<float>();
+
+  std::vector<float> cs(channels), ci(channels), cz(channels);
+  const float lo = static_cast<float>(quant_min);
+  const float hi = static_cast<float>(quant_max);
+  for (int64_t c = 0; c < channels; ++c) {
+    cs[c] = sp[c];
+    ci[c] = 1.0f / sp[c];
+    cz[c] = std::min(std::max(std::nearbyint(zp[c]), lo), hi);
+  }
+
+  HostParams h;
+  h.params = make_layout_params(layout, &h.channel_of);
+  if (h.params.broadcast) {
+    h.scale = std::move(cs);
+    h.inv_scale = std::move(ci);
+    h.zero_point = std::move(cz);
+  } else {
+    const int64_t n = h.params.period;
+    h.scale.resize(n);
+    h.inv_scale.resize(n);
+    h.zero_point.resize(n);
+    for (int64_t i = 0; i < n; ++i) {
+      const int64_t c = h.channel_of[i];
+      h.scale[i] = cs[c];
+      h.inv_scale[i] = ci[c];
+      h.zero_point[i] = cz[c];
+    }
+  }
+  h.params.scale = h.scale.data();
+  h.params.inv_scale = h.inv_scale.data();
+  h.params.zero_point = h.zero_point.data();
+  h.params.quant_min = lo;
+  h.params.quant_max = hi;
+  return h;
+}
+
+} // namespace q8::cpu

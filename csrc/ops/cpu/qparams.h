@@ -1,0 +1,48 @@
+// Host-side preparation of per-tensor / per-channel quantization parameters for
+// the CPU kernels (kernels/kernels.h): value checks, zero-point rounding and the
+// choice between the broadcast and periodic layouts.
+#pragma once
+
+#include <optional>
+#include <vector>
+
+#include <ATen/core/Tensor.h>
+
+#include "kernels/kernels.h"
+
+namespace q8::cpu {
+
+// Runs shorter than this many elements are vectorized in the periodic layout.
+constexpr int64_t kMinRun = 64;
+
+// outer x channels x inner view of a tensor around `axis` (nullopt: one channel).
+struct Layout {
+  int64_t outer = 1;
+  int64_t channels = 1;
+  int64_t inner = 1;
+};
+Layout layout_of(const at::Tensor& input, std::optional<int64_t> axis);
+
+// Owns the parameter arrays that `params` points into.
+struct HostParams {
+  std::vector<float> scale, inv_scale, zero_point;
+  ChannelParams params;
+  // Periodic layout only: the channel of each position in the parameter arrays.
+  std::vector<int64_t> channel_of;
+};
+
+// Checks every scale (finite, > 0) and zero point (inside [quant_min, quant_max]
+// when integer; finite when float, then rounded half to even and clamped), and
+// lays out the parameters for `layout`.
+HostParams make_host_params(
+    const char* op,
+    const Layout& layout,
+    const at::Tensor& scale,
+    const at::Tensor& zero_point,
+    int64_t quant_min,
+    int64_t quant_max);
+
+// Only the layout (for min/max, which has no parameters yet).
+ChannelParams make_layout_params(const Layout& layout, std::vector<int64_t>* channel_of);
+
+} // namespace q8::cpu

@@ -1,0 +1,71 @@
+// Meta (fake) kernels of the fake-quantize family: shapes and dtypes only, never
+// data, symbolic sizes throughout (torch.compile, torch.export). They run the
+// same argument checks as the real kernels.
+#include <ATen/ATen.h>
+#include <torch/library.h>
+
+#include "../checks.h"
+
+namespace q8::meta {
+namespace {
+
+at::Tensor like(const at::Tensor& t, at::ScalarType dtype) {
+  return at::empty_symint(t.sym_sizes(), t.options().dtype(dtype));
+}
+
+at::Tensor fake_quantize_per_tensor_meta(
+    const at::Tensor& input, const at::Tensor& scale, const at::Tensor& zero_point, int64_t quant_min,
+    int64_t quant_max) {
+  detail::check_fake_quantize_args("fake_quantize_per_tensor", input, scale, zero_point, std::nullopt, quant_min,
+                                   quant_max);
+  return like(input, input.scalar_type());
+}
+
+at::Tensor fake_quantize_per_channel_meta(
+    const at::Tensor& input, const at::Tensor& scale, const at::Tensor& zero_point, int64_t axis, int64_t quant_min,
+    int64_t quant_max) {
+  detail::check_fake_quantize_args("fake_quantize_per_channel", input, scale, zero_point, axis, quant_min,
+                                   quant_max);
+  return like(input, input.scalar_type());
+}
+
+std::tuple<at::Tensor, at::Tensor> fake_quantize_cachemask_meta(
+    const at::Tensor& input, const at::Tensor& scale, const at::Tensor& zero_point, std::optional<int64_t> axis,
+    int64_t quant_min, int64_t quant_max) {
+  detail::check_fake_quantize_args("_fake_quantize_cachemask", input, scale, zero_point, axis, quant_min,
+                                   quant_max);
+  return {like(input, input.scalar_type()), like(input, at::kBool)};
+}
+
+at::Tensor fake_quantize_mask_backward_meta(const at::Tensor& grad, const at::Tensor& mask) {
+  detail::check_float_input("_fake_quantize_mask_backward", grad);
+  TORCH_CHECK(mask.scalar_type() == at::kBool,
+              "q8._fake_quantize_mask_backward: mask must be bool, got ", mask.scalar_type());
+  TORCH_CHECK(grad.sym_sizes() == mask.sym_sizes(), "q8._fake_quantize_mask_backward: grad and mask must have "
+              "the same shape, got ", grad.sym_sizes(), " and ", mask.sym_sizes());
+  return like(grad, grad.scalar_type());
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> fake_quantize_learnable_backward_meta(
+    const at::Tensor& grad, const at::Tensor& input, const at::Tensor& scale, const at::Tensor& zero_point,
+    std::optional<int64_t> axis, int64_t quant_min, int64_t quant_max) {
+  const char* op = "_fake_quantize_learnable_backward";
+  detail::check_fake_quantize_args(op, input, scale, zero_point, axis, quant_min, quant_max);
+  TORCH_CHECK(grad.scalar_type() == input.scalar_type(), "q8.", op, ": grad must have input's dtype ",
+              input.scalar_type(), ", got ", grad.scalar_type());
+  TORCH_CHECK(grad.sym_sizes() == input.sym_sizes(), "q8.", op, ": grad must have input's shape ",
+              input.sym_sizes(), ", got ", grad.sym_sizes());
+  return {like(input, input.scalar_type()), like(scale, at::kFloat), like(zero_point, at::kFloat)};
+}
+
+} // namespace
+
+TORCH_LIBRARY_IMPL(q8, Meta, m) {
+  m.impl("fake_quantize_per_tensor", &fake_quantize_per_tensor_meta);
+  m.impl("fake_quantize_per_channel", &fake_quantize_per_channel_meta);
+  m.impl("_fake_quantize_cachemask", &fake_quantize_cachemask_meta);
+  m.impl("_fake_quantize_mask_backward", &fake_quantize_mask_backward_meta);
+  m.impl("_fake_quantize_learnable_backward", &fake_quantize_learnable_backward_meta);
+}
+
+} // namespace q8::meta

@@ -1,0 +1,95 @@
+// q8: int8 quantization operators for PyTorch.
+//
+// The public C++ API. Every function calls its operator through the PyTorch
+// dispatcher, so the CPU, CUDA, Meta and Autograd kernels registered for
+// `torch.ops.q8.*` are used exactly as they are from Python or TorchScript.
+// Link against libq8 (CMake: find_package(q8) + target_link_libraries(app q8::q8));
+// including this header is enough to keep the library, and so its operator
+// registrations, linked in.
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <tuple>
+
+#include <ATen/core/Tensor.h>
+
+#if defined(_WIN32)
+#define Q8_API __declspec(dllexport)
+#else
+#define Q8_API __attribute__((visibility("default")))
+#endif
+
+namespace q8 {
+
+// Fake quantization (quantize, then dequantize) with one scale and zero point:
+//   q   = clamp(nearbyint(x * (1 / scale)) + zero_point, quant_min, quant_max)
+//   out = (q - zero_point) * scale
+// input: float32, float16 or bfloat16 (math in float32, output in input's dtype).
+// scale: float32 tensor with one element, finite and > 0.
+// zero_point: int32, int64 or float32 tensor with one element; a float zero point
+//   is rounded half to even and clamped to [quant_min, quant_max].
+// Differentiable: straight-through for `input` inside the clamp range, and the
+// learnable-scale (LSQ) gradients for `scale` / `zero_point` when they require grad.
+Q8_API at::Tensor fake_quantize_per_tensor(
+    const at::Tensor& input,
+    const at::Tensor& scale,
+    const at::Tensor& zero_point,
+    int64_t quant_min,
+    int64_t quant_max);
+
+// As above with one (scale, zero_point) per slice along `axis` (negative axes count
+// from the end): scale and zero_point are 1-D with input.size(axis) elements.
+Q8_API at::Tensor fake_quantize_per_channel(
+    const at::Tensor& input,
+    const at::Tensor& scale,
+    const at::Tensor& zero_point,
+    int64_t axis,
+    int64_t quant_min,
+    int64_t quant_max);
+
+// Min/max calibration: returns (scale float32, zero_point int32). Per tensor
+// (axis = nullopt) the results are 0-dim; per channel they have input.size(axis)
+// elements. The range always includes 0; NaN and +-Inf are ignored. Symmetric mode
+// gives zero_point 0 for signed ranges (quant_min < 0) and the midpoint
+// (quant_min + quant_max + 1) / 2 for unsigned ones.
+Q8_API std::tuple<at::Tensor, at::Tensor> choose_qparams(
+    const at::Tensor& input,
+    int64_t quant_min,
+    int64_t quant_max,
+    bool symmetric = false,
+    std::optional<int64_t> axis = std::nullopt);
+
+// Quantize to an integer tensor of `dtype` (int8, uint8 or int32); axis = nullopt
+// is per tensor. NaN maps to zero_point (the code of 0.0).
+Q8_API at::Tensor quantize(
+    const at::Tensor& input,
+    const at::Tensor& scale,
+    const at::Tensor& zero_point,
+    std::optional<int64_t> axis,
+    int64_t quant_min,
+    int64_t quant_max,
+    at::ScalarType dtype);
+
+// (q - zero_point) * scale, computed in float32, returned as `dtype`.
+Q8_API at::Tensor dequantize(
+    const at::Tensor& input,
+    const at::Tensor& scale,
+    const at::Tensor& zero_point,
+    std::optional<int64_t> axis,
+    at::ScalarType dtype = at::kFloat);
+
+// The CPU kernel family in use: "avx512", "avx2" or "default" (portable).
+// Q8_CPU_ISA=<name> in the environment, or set_cpu_isa(), forces a lower one;
+// every family gives bit-identical results.
+Q8_API const char* cpu_isa();
+Q8_API void set_cpu_isa(const char* name);
+
+// Called by the inline variable below, so that any program that includes this
+// header links libq8 and so runs its operator registrations.
+Q8_API int64_t register_ops();
+namespace detail {
+inline const int64_t registered = register_ops();
+} // namespace detail
+
+} // namespace q8

@@ -1,0 +1,62 @@
+"""q8: int8 quantization operators for PyTorch.
+
+``import q8`` loads libq8, which registers the ``torch.ops.q8.*`` operators
+(CPU, CUDA when built with it, Meta and Autograd kernels). The functions below
+are typed, documented wrappers of those operators.
+"""
+import os
+
+import torch
+
+__version__ = "0.1.0"
+
+_HERE = os.path.dirname(os.path.abspath(__file__))
+_LIB = os.path.join(_HERE, "libq8.so")
+
+
+def _load_library():
+    if not os.path.exists(_LIB):
+        raise ImportError(
+            f"q8: the compiled library {_LIB} is missing. Build it with "
+            "`pip install --no-build-isolation -e .` from the q8 checkout (or run scripts/setup.sh)."
+        )
+    try:
+        from . import _build_info
+    except ImportError:  # pragma: no cover - written by every build
+        _build_info = None
+    built = getattr(_build_info, "TORCH_VERSION", None)
+    if built is not None and built.split("+")[0] != torch.__version__.split("+")[0]:
+        raise ImportError(
+            f"q8: libq8.so was built against torch {built}, but torch {torch.__version__} is installed. "
+            "Rebuild q8 (`pip install --no-build-isolation -e .`) with the torch you use."
+        )
+    try:
+        torch.ops.load_library(_LIB)
+    except OSError as e:
+        raise ImportError(
+            f"q8: could not load {_LIB} ({e}). It was probably built against another torch "
+            f"(built for {built}, running {torch.__version__}); rebuild q8 with the torch you use."
+        ) from e
+
+
+_load_library()
+
+from .ops import (  # noqa: E402
+    choose_qparams,
+    cpu_isa,
+    dequantize,
+    fake_quantize_per_channel,
+    fake_quantize_per_tensor,
+    quantize,
+    set_cpu_isa,
+)
+
+__all__ = [
+    "choose_qparams",
+    "cpu_isa",
+    "dequantize",
+    "fake_quantize_per_channel",
+    "fake_quantize_per_tensor",
+    "quantize",
+    "set_cpu_isa",
+]
