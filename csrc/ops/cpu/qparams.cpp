@@ -28,11 +28,12 @@ Layout layout_of(const at::Tensor& input, std::optional<int64_t> axis) {
 ChannelParams make_layout_params(const Layout& layout, std::vector<int64_t>* channel_of) {
   ChannelParams p;
   p.numel = layout.outer * layout.channels * layout.inner;
-  if (layout.channels == 1 || layout.inner >= kMinRun) {
-    // One channel per run of `inner` elements (a single channel: one run).
+  if (p.numel == 0 || layout.channels == 1 || layout.inner >= kMinRun) {
+    // One channel per run of `inner` elements (a single channel: one run). An
+    // empty tensor runs no kernel but still has one slot per channel.
     p.broadcast = true;
     p.channels = layout.channels;
-    p.inner = layout.channels == 1 ? std::max<int64_t>(p.numel, 1) : layout.inner;
+    p.inner = layout.channels == 1 || p.numel == 0 ? std::max<int64_t>(p.numel, 1) : layout.inner;
     return p;
   }
   // Short runs: repeat the channel pattern (period channels * inner) until the

@@ -1,0 +1,226 @@
+"""PyTorch 2 and TorchScript: opcheck, torch.compile, torch.export, jit.script round trips."""
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+
+import q8
+from test_fake_quantize import assert_same
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+OPS = torch.ops.q8
+
+
+def sample_inputs(device, requires_grad):
+    """(op, args) pairs covering every q8 op, its dtypes and its per-tensor / per-channel forms."""
+
+    def x_(*shape, dtype=torch.float32, rg=requires_grad):
+        return (torch.randn(shape, device=device) * 3).to(dtype).requires_grad_(rg)
+
+    def s_(*shape):
+        return (torch.rand(shape, device=device) * 0.1 + 0.02).requires_grad_(requires_grad)
+
+    def zi(*shape):
+        return torch.randint(-3, 4, shape, device=device, dtype=torch.int32)
+
+    def zf(*shape):
+        return (torch.randn(shape, device=device)).requires_grad_(requires_grad)
+
+    samples = []
+    for dtype in (torch.float32, torch.float16, torch.bfloat16):
+        samples += [
+            (OPS.fake_quantize_per_tensor.default, (x_(8, 33, dtype=dtype), s_(), zi(), -128, 127)),
+            (OPS.fake_quantize_per_tensor.default, (x_(5, 7, dtype=dtype), s_(1), zf(1), 0, 15)),
+            (OPS.fake_quantize_per_channel.default, (x_(4, 6, 70, dtype=dtype), s_(6), zi(6), 1, -128, 127)),
+            (OPS.fake_quantize_per_channel.default, (x_(9, 5, dtype=dtype), s_(5), zf(5), -1, -8, 7)),
+        ]
+    samples += [
+        (OPS.fake_quantize_per_tensor.default, (x_(), s_(), zi(), -128, 127)),
+        (OPS._fake_quantize_cachemask.default, (x_(6, 10), s_(), zi(), None, -128, 127)),
+        (OPS._fake_quantize_cachemask.default, (x_(6, 10), s_(10), zi(10) + 3, 1, 0, 255)),
+        (OPS._fake_quantize_mask_backward.default, (x_(6, 10), torch.rand(6, 10, device=device) > 0.5)),
+        (OPS._fake_quantize_learnable_backward.default, (x_(6, 10), x_(6, 10), s_(), zf(), None, -128, 127)),
+        (OPS._fake_quantize_learnable_backward.default, (x_(6, 10), x_(6, 10), s_(6), zi(6), 0, -128, 127)),
+        (OPS.choose_qparams.default, (x_(7, 9), -128, 127, False, None)),
+        (OPS.choose_qparams.default, (x_(7, 9, dtype=torch.bfloat16), 0, 255, True, 1)),
+        (OPS.quantize.default, (x_(7, 9), s_(), zi(), None, -128, 127, torch.int8)),
+        (OPS.quantize.default, (x_(7, 9, dtype=torch.float16), s_(9), zi(9) + 5, 1, 0, 255, torch.uint8)),
+        (OPS.dequantize.default, (torch.randint(-128, 128, (7, 9), dtype=torch.int8, device=device), s_(), zi(), None, torch.float32)),
+        (OPS.dequantize.default, (torch.randint(0, 255, (7, 9), dtype=torch.int32, device=device), s_(7), zi(7), 0, torch.bfloat16)),
+    ]
+    return samples
+
+
+@pytest.mark.parametrize("requires_grad", [False, True])
+def test_opcheck_every_op(device, requires_grad):
+    seen = set()
+    for op, args in sample_inputs(device, requires_grad):
+        if requires_grad and not any(isinstance(a, torch.Tensor) and a.requires_grad for a in args):
+            continue
+        if requires_grad and op is OPS._fake_quantize_learnable_backward.default:
+            # Its own derivative (a second derivative of LSQ) is not implemented and
+            # raises a clear error: see test_double_backward.
+            continue
+        torch.library.opcheck(op, args)
+        seen.add(op._name)
+    if not requires_grad:
+        # Every op of the namespace but the ISA switches is covered.
+        all_ops = {f"q8::{n}" for n in dir(OPS) if not n.startswith("__") and not n.endswith("cpu_isa")
+                   and isinstance(getattr(OPS, n), torch._ops.OpOverloadPacket)}
+        assert all_ops <= seen, all_ops - seen
+
+
+def test_ops_carry_pt2_compliant_tag():
+    for name in ["fake_quantize_per_tensor", "fake_quantize_per_channel", "choose_qparams", "quantize", "dequantize",
+                 "_fake_quantize_cachemask", "_fake_quantize_mask_backward", "_fake_quantize_learnable_backward"]:
+        assert torch.Tag.pt2_compliant_tag in getattr(OPS, name).default.tags, name
+
+
+class QATBlock(torch.nn.Module):
+    """A linear layer with per-channel weight and learnable per-tensor activation fake quantization."""
+
+    def __init__(self):
+        super().__init__()
+        self.linear = torch.nn.Linear(16, 8)
+        self.act_scale = torch.nn.Parameter(torch.tensor([0.05]))
+        self.act_zp = torch.nn.Parameter(torch.tensor([0.0]))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w = self.linear.weight
+        ws, wz = torch.ops.q8.choose_qparams(w.detach(), -127, 127, True, 0)
+        wq = torch.ops.q8.fake_quantize_per_channel(w, ws, wz, 0, -127, 127)
+        xq = torch.ops.q8.fake_quantize_per_tensor(x, self.act_scale, self.act_zp, -128, 127)
+        return torch.nn.functional.linear(xq, wq, self.linear.bias)
+
+
+def _grads(model, x):
+    model.zero_grad()
+    out = model(x)
+    out.square().sum().backward()
+    return out.detach(), [p.grad.clone() for p in model.parameters()]
+
+
+@pytest.mark.parametrize("backend", ["aot_eager", "inductor"])
+def test_compile_fullgraph_forward_backward(device, backend):
+    torch._dynamo.reset()
+    model = QATBlock().to(device)
+    x = torch.randn(32, 16, device=device) * 2
+    eager_out, eager_grads = _grads(model, x)
+    compiled = torch.compile(model, fullgraph=True, backend=backend)
+    out, grads = _grads(compiled, x)
+    torch.testing.assert_close(out, eager_out)
+    for a, b in zip(grads, eager_grads):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_compile_dynamic_shapes(device):
+    torch._dynamo.reset()
+
+    def f(x, s, z):
+        return torch.ops.q8.fake_quantize_per_channel(x, s, z, 1, -128, 127) * 2
+
+    cf = torch.compile(f, fullgraph=True, dynamic=True, backend="aot_eager")
+    for n, c in [(4, 5), (7, 9), (11, 3)]:
+        x = torch.randn(n, c, device=device)
+        s = torch.rand(c, device=device) + 0.01
+        z = torch.zeros(c, dtype=torch.int32, device=device)
+        assert_same(cf(x, s, z), f(x, s, z))
+
+
+def _run_python(code):
+    env = dict(os.environ)
+    res = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, env=env,
+                         cwd=ROOT, timeout=300)
+    assert res.returncode == 0, res.stdout + res.stderr
+    return res.stdout
+
+
+def test_export_save_load_in_new_process(tmp_path, device):
+    model = QATBlock().to(device).eval()
+    x = torch.randn(5, 16, device=device)
+    ep = torch.export.export(model, (x,))
+    names = {n.target.name() for n in ep.graph.nodes if n.op == "call_function" and hasattr(n.target, "name")}
+    assert {"q8::fake_quantize_per_tensor", "q8::fake_quantize_per_channel", "q8::choose_qparams"} <= names
+    path = tmp_path / "model.pt2"
+    torch.export.save(ep, str(path))
+    torch.save({"x": x.cpu(), "y": model(x).detach().cpu()}, tmp_path / "io.pt")
+    _run_python(f"""
+        import torch, q8
+        ep = torch.export.load({str(path)!r})
+        io = torch.load({str(tmp_path / 'io.pt')!r})
+        y = ep.module()(io["x"].to({device!r}))
+        torch.testing.assert_close(y.cpu(), io["y"], rtol=0, atol=0)
+        print("ok")
+    """)
+
+
+def test_torchscript_save_load_in_new_process(tmp_path, device):
+    model = QATBlock().to(device)
+    scripted = torch.jit.script(model)
+    x = torch.randn(5, 16, device=device)
+    torch.testing.assert_close(scripted(x), model(x), rtol=0, atol=0)
+    # Training through the scripted module uses the same C++ autograd.
+    out, grads = _grads(scripted, x)
+    eager_out, eager_grads = _grads(model, x)
+    for a, b in zip(grads, eager_grads):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    path = tmp_path / "model.ts"
+    scripted.save(str(path))
+    torch.save({"x": x.cpu(), "y": model(x).detach().cpu()}, tmp_path / "io.pt")
+    _run_python(f"""
+        import torch, q8
+        m = torch.jit.load({str(path)!r}, map_location={device!r})
+        io = torch.load({str(tmp_path / 'io.pt')!r})
+        torch.testing.assert_close(m(io["x"].to({device!r})).detach().cpu(), io["y"], rtol=0, atol=0)
+        print("ok")
+    """)
+
+
+def test_loading_without_q8_says_how(tmp_path):
+    scripted = torch.jit.script(QATBlock())
+    path = tmp_path / "model.ts"
+    scripted.save(str(path))
+    env = dict(os.environ)
+    res = subprocess.run([sys.executable, "-c", f"import torch; torch.jit.load({str(path)!r})"],
+                         capture_output=True, text=True, env=env, timeout=300)
+    assert res.returncode != 0
+    assert "q8::" in res.stderr
+
+
+def test_import_fails_clearly_for_another_torch(tmp_path):
+    """A libq8 built for another torch is refused with a message that says what to do."""
+    _run_python(f"""
+        import importlib, sys, types
+        import torch
+        fake = types.ModuleType("q8._build_info")
+        fake.TORCH_VERSION = "1.0.0"
+        sys.modules["q8._build_info"] = fake
+        try:
+            import q8
+        except ImportError as e:
+            assert "built against torch 1.0.0" in str(e) and "Rebuild" in str(e), e
+            print("ok")
+        else:
+            raise SystemExit("import q8 did not fail")
+    """)
+
+
+def test_double_backward(device):
+    # Straight-through path: d(grad_input)/d(grad_output) is the mask again.
+    x = torch.randn(50, device=device, requires_grad=True)
+    s, z = torch.tensor(0.05, device=device), torch.tensor(0, device=device)
+    y = q8.fake_quantize_per_tensor(x, s, z, -8, 7)
+    g = torch.randn(50, device=device, requires_grad=True)
+    (gx,) = torch.autograd.grad(y, x, g, create_graph=True)
+    (gg,) = torch.autograd.grad(gx.sum(), g)
+    mask = ((torch.round(x.detach() * (1 / s)) + z >= -8) & (torch.round(x.detach() * (1 / s)) + z <= 7)).float()
+    assert_same(gg, mask)
+    # Learnable path: a second derivative is refused, loudly.
+    sl = torch.tensor([0.05], device=device, requires_grad=True)
+    y = q8.fake_quantize_per_tensor(x, sl, z, -8, 7)
+    (gs,) = torch.autograd.grad(y.sum(), sl, create_graph=True)
+    with pytest.raises(RuntimeError, match="not implemented"):
+        gs.sum().backward()
