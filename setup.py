@@ -46,7 +46,8 @@ class CMakeBuild(build_ext):
             str(build_dir),
             f"-DCMAKE_PREFIX_PATH={torch.utils.cmake_prefix_path}",
             f"-DQ8_LIBRARY_OUTPUT_DIR={out_dir}",
-            "-DQ8_BUILD_TESTS=OFF",
+            # scripts/test.sh turns the C++ tests on in this same build folder.
+            f"-DQ8_BUILD_TESTS={os.environ.get('Q8_BUILD_TESTS', 'OFF')}",
             f"-DPython_EXECUTABLE={sys.executable}",
         ]
         if _has_ninja():

@@ -124,22 +124,27 @@ void check_zero_point_values(const char* op, const at::Tensor& zero_point, int64
   TORCH_INTERNAL_ASSERT(zero_point.device().is_cpu());
   const auto z = zero_point.contiguous();
   const int64_t n = z.numel();
-  const std::string where = n > 1 ? " at channel " : "";
+  auto where = [n](int64_t i) { return n > 1 ? " at channel " + std::to_string(i) : std::string(); };
   if (z.scalar_type() == at::kFloat) {
     const float* p = z.const_data_ptr<float>();
     for (int64_t i = 0; i < n; ++i) {
-      TORCH_CHECK(std::isfinite(p[i]), "q8.", op, ": zero_point must be finite, got ", p[i], where,
-                  n > 1 ? std::to_string(i) : std::string());
+      TORCH_CHECK(std::isfinite(p[i]), "q8.", op, ": zero_point must be finite, got ", p[i], where(i));
     }
     return;
   }
-  const auto zl = z.to(at::kLong);
-  const int64_t* p = zl.const_data_ptr<int64_t>();
-  for (int64_t i = 0; i < n; ++i) {
-    TORCH_CHECK(
-        p[i] >= quant_min && p[i] <= quant_max,
-        "q8.", op, ": zero_point must lie in [quant_min, quant_max] = [", quant_min, ", ", quant_max,
-        "], got ", p[i], where, n > 1 ? std::to_string(i) : std::string());
+  auto check = [&](const auto* p) {
+    for (int64_t i = 0; i < n; ++i) {
+      TORCH_CHECK(
+          p[i] >= quant_min && p[i] <= quant_max,
+          "q8.", op, ": zero_point must lie in [quant_min, quant_max] = [", quant_min, ", ", quant_max, "], got ",
+          static_cast<int64_t>(p[i]), where(i));
+    }
+  };
+  if (z.scalar_type() == at::kInt) {
+    check(z.const_data_ptr<int32_t>());
+  } else {
+    TORCH_INTERNAL_ASSERT(z.scalar_type() == at::kLong);
+    check(z.const_data_ptr<int64_t>());
   }
 }
 

@@ -63,17 +63,35 @@ HostParams make_host_params(
 
   const int64_t channels = layout.channels;
   const auto s = scale.contiguous();
-  const auto z = zero_point.to(at::kFloat).contiguous();
+  const auto z = zero_point.contiguous();
   const float* sp = s.const_data_ptr<float>();
-  const float* zp = z.const_data_ptr<float>();
 
   std::vector<float> cs(channels), ci(channels), cz(channels);
   const float lo = static_cast<float>(quant_min);
   const float hi = static_cast<float>(quant_max);
+  // Integer zero points are already checked to lie in [lo, hi]; float ones are
+  // rounded half to even and clamped.
+  auto read_zero_points = [&](const auto* zp) {
+    for (int64_t c = 0; c < channels; ++c) {
+      cz[c] = std::min(std::max(std::nearbyint(static_cast<float>(zp[c])), lo), hi);
+    }
+  };
+  switch (z.scalar_type()) {
+    case at::kFloat:
+      read_zero_points(z.const_data_ptr<float>());
+      break;
+    case at::kInt:
+      read_zero_points(z.const_data_ptr<int32_t>());
+      break;
+    case at::kLong:
+      read_zero_points(z.const_data_ptr<int64_t>());
+      break;
+    default:
+      TORCH_INTERNAL_ASSERT(false, "q8.", op, ": unexpected zero_point dtype ", z.scalar_type());
+  }
   for (int64_t c = 0; c < channels; ++c) {
     cs[c] = sp[c];
     ci[c] = 1.0f / sp[c];
-    cz[c] = std::min(std::max(std::nearbyint(zp[c]), lo), hi);
   }
 
   HostParams h;

@@ -8,6 +8,7 @@
 // all of them give bit-identical results; tests force each family and compare.
 #include <algorithm>
 #include <cfloat>
+#include <cstring>
 #include <cmath>
 #include <limits>
 #include <type_traits>
@@ -21,6 +22,10 @@
 #include <c10/util/Half.h>
 
 #include "kernels.h"
+
+#if defined(CPU_CAPABILITY_AVX512) || defined(CPU_CAPABILITY_AVX2)
+#include <immintrin.h>
+#endif
 
 #ifndef CPU_CAPABILITY
 #error "fake_quantize_vec.cpp must be compiled with CPU_CAPABILITY set (see CMakeLists.txt)"
@@ -82,6 +87,49 @@ template <>
 struct Io<c10::Half> : ReducedIo<c10::Half> {};
 template <>
 struct Io<c10::BFloat16> : ReducedIo<c10::BFloat16> {};
+
+// bool mask <-> float vector of 0.0f / 1.0f. Full vectors use the ISA's byte
+// widening / narrowing; partial ones (the last of a run) go through a buffer.
+C10_ALWAYS_INLINE void store_mask(const Vec& m, bool* dst, int64_t n) {
+#if defined(CPU_CAPABILITY_AVX512)
+  if (n == Vec::size()) {
+    const __mmask16 k = _mm512_cmp_ps_mask(m, _mm512_setzero_ps(), _CMP_NEQ_UQ);
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(dst), _mm_maskz_set1_epi8(k, 1));
+    return;
+  }
+#elif defined(CPU_CAPABILITY_AVX2)
+  if (n == Vec::size()) {
+    const int bits = _mm256_movemask_ps(_mm256_cmp_ps(m, _mm256_setzero_ps(), _CMP_NEQ_UQ));
+    const uint64_t bytes = _pdep_u64(static_cast<uint64_t>(bits), 0x0101010101010101ULL);
+    std::memcpy(dst, &bytes, sizeof(bytes));
+    return;
+  }
+#endif
+  alignas(64) float tmp[Vec::size()];
+  m.store(tmp);
+  for (int64_t t = 0; t < n; ++t) {
+    dst[t] = tmp[t] != 0.f;
+  }
+}
+
+C10_ALWAYS_INLINE Vec load_mask(const bool* src, int64_t n) {
+#if defined(CPU_CAPABILITY_AVX512)
+  if (n == Vec::size()) {
+    return _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(src))));
+  }
+#elif defined(CPU_CAPABILITY_AVX2)
+  if (n == Vec::size()) {
+    int64_t bytes;
+    std::memcpy(&bytes, src, sizeof(bytes));
+    return _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_cvtsi64_si128(bytes)));
+  }
+#endif
+  alignas(64) float tmp[Vec::size()] = {};
+  for (int64_t t = 0; t < n; ++t) {
+    tmp[t] = src[t] ? 1.f : 0.f;
+  }
+  return Vec::loadu(tmp);
+}
 
 // Quantization parameters for one step: broadcast (one channel for the whole run)
 // or loaded from per-element arrays (periodic layout).
@@ -154,7 +202,6 @@ void fake_quant_run(const T* x, T* y, bool* mask, int64_t len, const float* sc, 
     const int64_t n = std::min<int64_t>(IO::kStep, len - j);
     Vec v[IO::kVecs];
     Vec out[IO::kVecs];
-    alignas(64) float m[IO::kStep];
     IO::load(x + j, n, v);
     for (int k = 0; k < IO::kVecs; ++k) {
       const int64_t jk = j + k * Vec::size();
@@ -166,16 +213,11 @@ void fake_quant_run(const T* x, T* y, bool* mask, int64_t len, const float* sc, 
       // maximum/minimum propagate NaN, so a NaN input stays NaN.
       const Vec qc = at::vec::minimum(at::vec::maximum(q, qmin), qmax);
       out[k] = (qc - par.z) * par.s;
-      if (mask != nullptr) {
-        (q.ge(qmin) & q.le(qmax)).store(m + k * Vec::size());
+      if (mask != nullptr && nk > 0) {
+        store_mask(q.ge(qmin) & q.le(qmax), mask + jk, nk);
       }
     }
     IO::store(y + j, n, out);
-    if (mask != nullptr) {
-      for (int64_t t = 0; t < n; ++t) {
-        mask[j + t] = m[t] != 0.f;
-      }
-    }
   }
 }
 
@@ -211,14 +253,11 @@ void mask_backward_typed(const T* g, const bool* mask, T* dx, int64_t numel) {
   at::parallel_for(0, numel, kGrain, [&](int64_t begin, int64_t end) {
     for (int64_t j = begin; j < end; j += IO::kStep) {
       const int64_t n = std::min<int64_t>(IO::kStep, end - j);
-      alignas(64) float m[IO::kStep];
-      for (int64_t t = 0; t < IO::kStep; ++t) {
-        m[t] = (t < n && mask[j + t]) ? 1.f : 0.f;
-      }
       Vec v[IO::kVecs];
       IO::load(g + j, n, v);
       for (int k = 0; k < IO::kVecs; ++k) {
-        v[k] = v[k] * Vec::loadu(m + k * Vec::size());
+        const int64_t nk = std::max<int64_t>(0, std::min<int64_t>(Vec::size(), n - k * Vec::size()));
+        v[k] = v[k] * load_mask(mask + j + k * Vec::size(), nk);
       }
       IO::store(dx + j, n, v);
     }
