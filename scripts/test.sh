@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Every test: C++ (GoogleTest through ctest, plain and under ASan+UBSan) and
+# Python (pytest), then a smoke run of the benchmark. Sets up .venv first if
+# it is missing.
+#
+#   bash scripts/test.sh
+#
+# Q8_SKIP_SANITIZERS=1 skips the ASan+UBSan build (it compiles libq8 again).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if ! .venv/bin/python -c "import q8" >/dev/null 2>&1; then
+  bash scripts/setup.sh --no-run
+fi
+source .venv/bin/activate
+TORCH_PREFIX="$(python -c 'import torch; print(torch.utils.cmake_prefix_path)')"
+JOBS="${MAX_JOBS:-$(nproc)}"
+
+echo "=== C++ tests (ctest) ==="
+# The same CMake build folder as setup.py's, so libq8 is not compiled twice.
+cmake -S . -B build/py -G Ninja -DCMAKE_PREFIX_PATH="$TORCH_PREFIX" -DQ8_BUILD_TESTS=ON >/dev/null
+cmake --build build/py -j "$JOBS"
+(cd build/py && ctest --output-on-failure -j "$JOBS")
+
+if [ "${Q8_SKIP_SANITIZERS:-0}" != 1 ]; then
+  echo "=== C++ tests under AddressSanitizer + UndefinedBehaviorSanitizer (ctest) ==="
+  cmake -S . -B build/asan -G Ninja -DCMAKE_PREFIX_PATH="$TORCH_PREFIX" -DQ8_BUILD_TESTS=ON -DQ8_SANITIZE=ON \
+    -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
+  cmake --build build/asan -j "$JOBS" --target q8_cpp_tests
+  (cd build/asan && ctest --output-on-failure -j "$JOBS")
+fi
+
+echo "=== Python tests (pytest) ==="
+python -m pytest tests/python -q -p no:cacheprovider
+
+echo "=== Benchmark smoke run (numbers here are not measurements) ==="
+python benchmarks/bench_fake_quantize.py --quick
