@@ -21,8 +21,8 @@ std::tuple<at::Tensor, at::Tensor> fake_quantize_impl(
     bool with_mask) {
   const auto wrapped = detail::check_fake_quantize_args(op, input, scale, zero_point, axis, quant_min, quant_max);
   const auto x = input.contiguous();
-  auto out = at::empty(x.sizes(), x.options());
-  at::Tensor mask = with_mask ? at::empty(x.sizes(), x.options().dtype(at::kBool)) : at::Tensor();
+  auto out = empty_output(x.sizes(), x.options());
+  at::Tensor mask = with_mask ? empty_output(x.sizes(), x.options().dtype(at::kBool)) : at::Tensor();
   const auto host = make_host_params(op, layout_of(x, wrapped), scale, zero_point, quant_min, quant_max);
   if (x.numel() > 0) {
     kernels().fake_quantize(
@@ -72,7 +72,7 @@ at::Tensor fake_quantize_mask_backward_cpu(const at::Tensor& grad, const at::Ten
   detail::check_same_device("_fake_quantize_mask_backward", grad, "grad", mask, "mask");
   const auto g = grad.contiguous();
   const auto m = mask.contiguous();
-  auto dx = at::empty(g.sizes(), g.options());
+  auto dx = empty_output(g.sizes(), g.options());
   if (g.numel() > 0) {
     kernels().mask_backward(g.scalar_type(), g.const_data_ptr(), m.const_data_ptr<bool>(), dx.mutable_data_ptr(),
                             g.numel());
@@ -99,32 +99,58 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> fake_quantize_learnable_backward_
   const auto x = input.contiguous();
   const auto g = grad.contiguous();
   const bool zero_point_grad = zero_point.is_floating_point();
-  auto dx = at::empty(x.sizes(), x.options());
-  auto ds = at::empty(x.sizes(), x.options().dtype(at::kFloat));
-  auto dz = zero_point_grad ? at::empty(x.sizes(), x.options().dtype(at::kFloat)) : at::Tensor();
-  const auto host = make_host_params(op, layout_of(x, wrapped), scale, zero_point, quant_min, quant_max);
-  if (x.numel() > 0) {
-    kernels().learnable_backward(x.scalar_type(), g.const_data_ptr(), x.const_data_ptr(), dx.mutable_data_ptr(),
-                                 ds.mutable_data_ptr<float>(),
-                                 zero_point_grad ? dz.mutable_data_ptr<float>() : nullptr, host.params);
-  }
-  // Sum the per-element terms over everything but the channel axis.
-  auto reduce = [&](const at::Tensor& t) {
-    if (!wrapped.has_value()) {
-      return t.sum().reshape(scale.sizes());
+  auto dx = empty_output(x.sizes(), x.options());
+  const Layout layout = layout_of(x, wrapped);
+  const auto host = make_host_params(op, layout, scale, zero_point, quant_min, quant_max);
+  const auto& p = host.params;
+  auto f32 = x.options().dtype(at::kFloat);
+  at::Tensor grad_scale, grad_zero_point;
+
+  if (p.broadcast) {
+    // Fused: the LSQ terms are summed per run inside the kernel.
+    const int64_t blocks = (p.numel + kReduceBlock - 1) / kReduceBlock;
+    const int64_t rows_per_block = kReduceBlock / p.inner + 2;
+    std::vector<double> row_ds(blocks * rows_per_block, 0.0), row_dz(blocks * rows_per_block, 0.0);
+    if (p.numel > 0) {
+      kernels().learnable_backward_rows(x.scalar_type(), g.const_data_ptr(), x.const_data_ptr(),
+                                        dx.mutable_data_ptr(), row_ds.data(), row_dz.data(), rows_per_block, p);
+    }
+    std::vector<double> ds(layout.channels, 0.0), dz(layout.channels, 0.0);
+    for (int64_t b = 0; b < blocks; ++b) {
+      const int64_t begin = b * kReduceBlock;
+      const int64_t end = std::min(p.numel, begin + kReduceBlock);
+      const int64_t row0 = begin / p.inner;
+      for (int64_t row = row0; row <= (end - 1) / p.inner; ++row) {
+        ds[row % p.channels] += row_ds[b * rows_per_block + row - row0];
+        dz[row % p.channels] += row_dz[b * rows_per_block + row - row0];
+      }
+    }
+    grad_scale = at::empty({layout.channels}, f32);
+    grad_zero_point = at::empty({layout.channels}, f32);
+    for (int64_t c = 0; c < layout.channels; ++c) {
+      grad_scale.mutable_data_ptr<float>()[c] = static_cast<float>(ds[c]);
+      grad_zero_point.mutable_data_ptr<float>()[c] = zero_point_grad ? static_cast<float>(dz[c]) : 0.f;
+    }
+  } else {
+    // Short runs: per-element terms, then a sum over every dimension but the axis.
+    auto ds = at::empty(x.sizes(), f32);
+    auto dz = zero_point_grad ? at::empty(x.sizes(), f32) : at::Tensor();
+    if (p.numel > 0) {
+      kernels().learnable_backward(x.scalar_type(), g.const_data_ptr(), x.const_data_ptr(), dx.mutable_data_ptr(),
+                                   ds.mutable_data_ptr<float>(), zero_point_grad ? dz.mutable_data_ptr<float>() : nullptr,
+                                   p);
     }
     std::vector<int64_t> dims;
     for (int64_t d = 0; d < x.dim(); ++d) {
-      if (d != *wrapped) {
+      if (!wrapped.has_value() || d != *wrapped) {
         dims.push_back(d);
       }
     }
-    return dims.empty() ? t.clone() : t.sum(dims);
-  };
-  auto grad_scale = reduce(ds);
-  auto grad_zero_point = zero_point_grad ? reduce(dz).reshape(zero_point.sizes())
-                                         : at::zeros(zero_point.sizes(), zero_point.options().dtype(at::kFloat));
-  return {dx, grad_scale, grad_zero_point};
+    auto reduce = [&](const at::Tensor& t) { return dims.empty() ? t.clone() : t.sum(dims); };
+    grad_scale = reduce(ds);
+    grad_zero_point = zero_point_grad ? reduce(dz) : at::zeros({layout.channels}, f32);
+  }
+  return {dx, grad_scale.reshape(scale.sizes()), grad_zero_point.reshape(zero_point.sizes())};
 }
 
 } // namespace

@@ -1,6 +1,11 @@
 #include "qparams.h"
 
 #include <cmath>
+#include <cstdint>
+
+#if defined(__linux__)
+#include <sys/mman.h>
+#endif
 
 #include <ATen/ATen.h>
 
@@ -23,6 +28,24 @@ Layout layout_of(const at::Tensor& input, std::optional<int64_t> axis) {
     l.inner *= sizes[d];
   }
   return l;
+}
+
+at::Tensor empty_output(at::IntArrayRef sizes, const at::TensorOptions& options) {
+  auto out = at::empty(sizes, options);
+#if defined(__linux__) && defined(MADV_HUGEPAGE)
+  constexpr uintptr_t kHuge = uintptr_t{2} << 20;
+  const size_t nbytes = out.nbytes();
+  if (nbytes >= 4 * kHuge) {
+    const auto begin = reinterpret_cast<uintptr_t>(out.mutable_data_ptr());
+    const uintptr_t first = (begin + kHuge - 1) & ~(kHuge - 1);
+    const uintptr_t last = (begin + nbytes) & ~(kHuge - 1);
+    if (last > first) {
+      // Failure (e.g. THP compiled out) leaves ordinary pages: nothing to report.
+      (void)madvise(reinterpret_cast<void*>(first), last - first, MADV_HUGEPAGE);
+    }
+  }
+#endif
+  return out;
 }
 
 ChannelParams make_layout_params(const Layout& layout, std::vector<int64_t>* channel_of) {

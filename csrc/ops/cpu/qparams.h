@@ -42,6 +42,13 @@ HostParams make_host_params(
     int64_t quant_min,
     int64_t quant_max);
 
+// An uninitialized contiguous CPU tensor for a kernel's output. Large outputs
+// (>= 8 MiB) are advised to use transparent huge pages: a fresh 64 MiB output
+// otherwise pays 16K page faults on first touch, which costs more than the
+// kernel itself (see benchmarks/RESULTS.md). The advice is only a hint: where
+// THP is off, nothing changes.
+at::Tensor empty_output(at::IntArrayRef sizes, const at::TensorOptions& options);
+
 // Only the layout (for min/max, which has no parameters yet).
 ChannelParams make_layout_params(const Layout& layout, std::vector<int64_t>* channel_of);
 

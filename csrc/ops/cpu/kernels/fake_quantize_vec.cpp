@@ -281,9 +281,69 @@ void mask_backward_kernel(c10::ScalarType dtype, const void* g, const bool* mask
 //   q above the range: dscale = g * (qmax - z), dzero = -g * s
 //   inside:            dscale = g * (xfq - x) / s (as g * (xfq - x) * inv), dzero = 0
 // ---------------------------------------------------------------------------
-template <typename T, bool kBroadcast>
-void learnable_run(const T* g, const T* x, T* dx, float* ds, float* dz, int64_t len, const float* sc,
-                   const float* inv, const float* zp, float qmin_f, float qmax_f) {
+// Where the per-element LSQ terms go: stored per element (then reduced by the
+// caller), or summed on the fly per run.
+struct StoreTerms {
+  float* ds;
+  float* dz;  // may be null
+  C10_ALWAYS_INLINE void put(int64_t j, int64_t n, const Vec& dsv, const Vec& dzv) {
+    if (n == Vec::size()) {
+      dsv.store(ds + j);
+    } else {
+      dsv.store(ds + j, n);
+    }
+    if (dz != nullptr) {
+      if (n == Vec::size()) {
+        dzv.store(dz + j);
+      } else {
+        dzv.store(dz + j, n);
+      }
+    }
+  }
+};
+
+// Sums in 16 float lanes whatever the vector width (one AVX-512 vector, two
+// AVX2 / portable ones): lane l adds the run's elements l, l + 16, l + 32, ... in
+// order, and total() adds the lanes in order in float64, so every CPU family
+// gives the same bits.
+struct SumTerms {
+  static constexpr int64_t kLanes = 16;
+  static constexpr int64_t kAcc = kLanes / Vec::size();
+  static_assert(kAcc >= 1 && kAcc * Vec::size() == kLanes, "vector width must divide 16 lanes");
+  Vec ds[kAcc];
+  Vec dz[kAcc];
+  SumTerms() {
+    for (int64_t a = 0; a < kAcc; ++a) {
+      ds[a] = Vec(0.f);
+      dz[a] = Vec(0.f);
+    }
+  }
+  C10_ALWAYS_INLINE void put(int64_t j, int64_t n, const Vec& dsv, const Vec& dzv) {
+    const int64_t a = (j / Vec::size()) % kAcc;
+    if (n == Vec::size()) {
+      ds[a] = ds[a] + dsv;
+      dz[a] = dz[a] + dzv;
+    } else {
+      ds[a] = ds[a] + Vec::set(Vec(0.f), dsv, n);
+      dz[a] = dz[a] + Vec::set(Vec(0.f), dzv, n);
+    }
+  }
+  static double total(const Vec (&acc)[kAcc]) {
+    alignas(64) float lanes[kLanes];
+    for (int64_t a = 0; a < kAcc; ++a) {
+      acc[a].store(lanes + a * Vec::size());
+    }
+    double t = 0.0;
+    for (int64_t i = 0; i < kLanes; ++i) {
+      t += lanes[i];
+    }
+    return t;
+  }
+};
+
+template <typename T, bool kBroadcast, typename Sink>
+void learnable_run(const T* g, const T* x, T* dx, Sink& sink, int64_t len, const float* sc, const float* inv,
+                   const float* zp, float qmin_f, float qmax_f) {
   using IO = Io<T>;
   const Vec qmin(qmin_f), qmax(qmax_f), zero(0.f);
   ParamLoader<kBroadcast> par(sc, inv, zp);
@@ -310,46 +370,74 @@ void learnable_run(const T* g, const T* x, T* dx, float* ds, float* dz, int64_t 
       Vec dsv = gv[k] * (xfq - xv[k]) * par.inv;
       dsv = Vec::blendv(dsv, gv[k] * (qmin - par.z), below);
       dsv = Vec::blendv(dsv, gv[k] * (qmax - par.z), above);
-      if (nk == Vec::size()) {
-        dsv.store(ds + jk);
-      } else {
-        dsv.store(ds + jk, nk);
-      }
-      if (dz != nullptr) {
-        const Vec dzv = Vec::blendv(zero, gv[k] * Vec(-1.f) * par.s, below | above);
-        if (nk == Vec::size()) {
-          dzv.store(dz + jk);
-        } else {
-          dzv.store(dz + jk, nk);
-        }
-      }
+      const Vec dzv = Vec::blendv(zero, gv[k] * Vec(-1.f) * par.s, below | above);
+      sink.put(jk, nk, dsv, dzv);
     }
     IO::store(dx + j, n, dxv);
   }
 }
 
-void learnable_backward_kernel(c10::ScalarType dtype, const void* g_, const void* x_, void* dx_, float* ds,
-                               float* dz, const ChannelParams& p) {
+template <typename F>
+void dispatch_learnable(c10::ScalarType dtype, const F& f) {
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, "q8_fake_quantize_learnable_backward_cpu", [&] {
     if constexpr (std::is_same_v<scalar_t, double>) {
       TORCH_INTERNAL_ASSERT(false, "q8: float64 reached the learnable-backward kernel");
     } else {
-      const auto* g = static_cast<const scalar_t*>(g_);
-      const auto* x = static_cast<const scalar_t*>(x_);
-      auto* dx = static_cast<scalar_t*>(dx_);
-      at::parallel_for(0, p.numel, kGrain, [&](int64_t begin, int64_t end) {
-        for_each_run(p, begin, end, [&](int64_t off, int64_t len, int64_t idx) {
-          float* dzo = dz ? dz + off : nullptr;
-          if (p.broadcast) {
-            learnable_run<scalar_t, true>(g + off, x + off, dx + off, ds + off, dzo, len, p.scale + idx,
-                                          p.inv_scale + idx, p.zero_point + idx, p.quant_min, p.quant_max);
-          } else {
-            learnable_run<scalar_t, false>(g + off, x + off, dx + off, ds + off, dzo, len, p.scale + idx,
-                                           p.inv_scale + idx, p.zero_point + idx, p.quant_min, p.quant_max);
-          }
-        });
-      });
+      f(scalar_t{});
     }
+  });
+}
+
+void learnable_backward_kernel(c10::ScalarType dtype, const void* g_, const void* x_, void* dx_, float* ds,
+                               float* dz, const ChannelParams& p) {
+  dispatch_learnable(dtype, [&](auto tag) {
+    using T = decltype(tag);
+    const auto* g = static_cast<const T*>(g_);
+    const auto* x = static_cast<const T*>(x_);
+    auto* dx = static_cast<T*>(dx_);
+    at::parallel_for(0, p.numel, kGrain, [&](int64_t begin, int64_t end) {
+      for_each_run(p, begin, end, [&](int64_t off, int64_t len, int64_t idx) {
+        StoreTerms sink{ds + off, dz ? dz + off : nullptr};
+        if (p.broadcast) {
+          learnable_run<T, true>(g + off, x + off, dx + off, sink, len, p.scale + idx, p.inv_scale + idx,
+                                 p.zero_point + idx, p.quant_min, p.quant_max);
+        } else {
+          learnable_run<T, false>(g + off, x + off, dx + off, sink, len, p.scale + idx, p.inv_scale + idx,
+                                  p.zero_point + idx, p.quant_min, p.quant_max);
+        }
+      });
+    });
+  });
+}
+
+// Broadcast layout only: the LSQ terms are summed per run, block by block, into
+// row_ds / row_dz[block * rows_per_block + (row - first row of the block)]; the
+// caller adds the rows of each channel in order. Blocks are fixed (kReduceBlock
+// elements), so the result does not depend on the thread count.
+void learnable_backward_rows_kernel(c10::ScalarType dtype, const void* g_, const void* x_, void* dx_, double* row_ds,
+                                    double* row_dz, int64_t rows_per_block, const ChannelParams& p) {
+  TORCH_INTERNAL_ASSERT(p.broadcast);
+  dispatch_learnable(dtype, [&](auto tag) {
+    using T = decltype(tag);
+    const auto* g = static_cast<const T*>(g_);
+    const auto* x = static_cast<const T*>(x_);
+    auto* dx = static_cast<T*>(dx_);
+    const int64_t blocks = (p.numel + kReduceBlock - 1) / kReduceBlock;
+    at::parallel_for(0, blocks, 1, [&](int64_t b0, int64_t b1) {
+      for (int64_t b = b0; b < b1; ++b) {
+        const int64_t begin = b * kReduceBlock;
+        const int64_t end = std::min(p.numel, begin + kReduceBlock);
+        const int64_t row0 = begin / p.inner;
+        for_each_run(p, begin, end, [&](int64_t off, int64_t len, int64_t idx) {
+          SumTerms sink;
+          learnable_run<T, true>(g + off, x + off, dx + off, sink, len, p.scale + idx, p.inv_scale + idx,
+                                 p.zero_point + idx, p.quant_min, p.quant_max);
+          const int64_t slot = b * rows_per_block + off / p.inner - row0;
+          row_ds[slot] = SumTerms::total(sink.ds);
+          row_dz[slot] = SumTerms::total(sink.dz);
+        });
+      }
+    });
   });
 }
 
@@ -577,6 +665,7 @@ const KernelTable& kernel_table() {
       fake_quantize_kernel,
       mask_backward_kernel,
       learnable_backward_kernel,
+      learnable_backward_rows_kernel,
       quantize_kernel,
       dequantize_kernel,
       min_max_kernel,

@@ -29,6 +29,9 @@ struct ChannelParams {
   float quant_max = 0.f;
 };
 
+// Block size of the fused LSQ reduction (learnable_backward_rows).
+constexpr int64_t kReduceBlock = 16384;
+
 struct KernelTable {
   // y = fake_quant(x); mask (optional) = quant_min <= round(x / s) + z <= quant_max.
   void (*fake_quantize)(c10::ScalarType dtype, const void* x, void* y, bool* mask, const ChannelParams& p);
@@ -39,6 +42,12 @@ struct KernelTable {
   void (*learnable_backward)(
       c10::ScalarType dtype, const void* grad, const void* x, void* dx, float* dscale, float* dzero_point,
       const ChannelParams& p);
+  // Broadcast layout: as above with the terms summed per run, per block of
+  // kReduceBlock elements, into row_ds / row_dz[block * rows_per_block + row - first
+  // row of the block] (float64). Deterministic for any thread count.
+  void (*learnable_backward_rows)(
+      c10::ScalarType dtype, const void* grad, const void* x, void* dx, double* row_ds, double* row_dz,
+      int64_t rows_per_block, const ChannelParams& p);
   // q = clamp(round(x / s) + z) stored as qdtype (int8, uint8, int32); NaN -> z.
   void (*quantize)(c10::ScalarType dtype, const void* x, c10::ScalarType qdtype, void* q, const ChannelParams& p);
   // y = (q - z) * s in float32, stored as dtype.
