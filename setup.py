@@ -10,6 +10,7 @@ Q8_BUILD_DIR (CMake build folder, default build/py), MAX_JOBS (parallel jobs).
 """
 import os
 import shlex
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -45,7 +46,6 @@ class CMakeBuild(build_ext):
             "-B",
             str(build_dir),
             f"-DCMAKE_PREFIX_PATH={torch.utils.cmake_prefix_path}",
-            f"-DQ8_LIBRARY_OUTPUT_DIR={out_dir}",
             # scripts/test.sh turns the C++ tests on in this same build folder.
             f"-DQ8_BUILD_TESTS={os.environ.get('Q8_BUILD_TESTS', 'OFF')}",
             f"-DPython_EXECUTABLE={sys.executable}",
@@ -56,16 +56,9 @@ class CMakeBuild(build_ext):
         subprocess.check_call(args)
         jobs = os.environ.get("MAX_JOBS", str(os.cpu_count() or 1))
         subprocess.check_call(["cmake", "--build", str(build_dir), "--target", "q8", "-j", jobs])
-        # Record the torch this was built against: q8/__init__.py refuses another.
-        # (Into the build folder for wheels, and into the source package for
-        # editable installs, which copy only the library back.)
-        info = (
-            "# Written by setup.py: the torch that libq8.so was built against.\n"
-            f"TORCH_VERSION = {torch.__version__!r}\n"
-            f"CUDA_VERSION = {torch.version.cuda!r}\n"
-        )
-        for folder in {out_dir, ROOT / "python" / "q8"}:
-            (folder / "_build_info.py").write_text(info)
+        # The package carries the library itself (not the versioned symlink chain).
+        out_dir.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile((build_dir / "libq8.so").resolve(), out_dir / "libq8.so")
 
 
 def _has_ninja():

@@ -6,6 +6,14 @@
 
 #include "ops/cpu/isa.h"
 
+#ifndef Q8_TORCH_VERSION
+#error "Q8_TORCH_VERSION must be defined by the build (see CMakeLists.txt)"
+#endif
+
+// The torch this library was built against, as a marker that python/q8/__init__.py
+// finds in the file before loading it.
+extern "C" Q8_API const char q8_build_info[] = "Q8_BUILD_INFO:torch=" Q8_TORCH_VERSION ";";
+
 namespace q8 {
 
 int64_t register_ops() {

@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
-# Every test: C++ (GoogleTest through ctest, plain and under ASan+UBSan) and
-# Python (pytest), then a smoke run of the benchmark. Sets up .venv first if
+# Every test: C++ (GoogleTest through ctest, plain and under ASan+UBSan), a smoke
+# run of the benchmark, and Python (pytest) with torch 2.13 and 2.14. Sets up .venv first if
 # it is missing.
 #
 #   bash scripts/test.sh
 #
 # Q8_SKIP_SANITIZERS=1 skips the ASan+UBSan build (it compiles libq8 again).
+# Q8_ALSO_TORCH (default 2.14.1) names another torch release to build and test
+# against in its own venv (scripts/test_torch.sh); Q8_ALSO_TORCH= skips it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -30,8 +32,15 @@ if [ "${Q8_SKIP_SANITIZERS:-0}" != 1 ]; then
   (cd build/asan && ctest --output-on-failure -j "$JOBS")
 fi
 
+echo "=== Benchmark smoke run (numbers here are not measurements) ==="
+python benchmarks/bench_fake_quantize.py --quick
+
 echo "=== Python tests (pytest) ==="
 python -m pytest tests/python -q -p no:cacheprovider
 
-echo "=== Benchmark smoke run (numbers here are not measurements) ==="
-python benchmarks/bench_fake_quantize.py --quick
+ALSO_TORCH="${Q8_ALSO_TORCH-2.14.1}"
+if [ -n "$ALSO_TORCH" ]; then
+  echo "=== Python tests against torch $ALSO_TORCH (pytest) ==="
+  bash scripts/test_torch.sh "$ALSO_TORCH"
+fi
+

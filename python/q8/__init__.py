@@ -5,6 +5,7 @@
 are typed, documented wrappers of those operators.
 """
 import os
+import re
 
 import torch
 
@@ -14,29 +15,30 @@ _HERE = os.path.dirname(os.path.abspath(__file__))
 _LIB = os.path.join(_HERE, "libq8.so")
 
 
+def _built_for_torch(path):
+    """The torch version libq8 was built against, from the marker csrc/library.cpp puts in the file."""
+    with open(path, "rb") as f:
+        match = re.search(rb"Q8_BUILD_INFO:torch=([0-9A-Za-z.+_-]*);", f.read())
+    return match.group(1).decode() if match else None
+
+
 def _load_library():
     if not os.path.exists(_LIB):
         raise ImportError(
             f"q8: the compiled library {_LIB} is missing. Build it with "
             "`pip install --no-build-isolation -e .` from the q8 checkout (or run scripts/setup.sh)."
         )
-    try:
-        from . import _build_info
-    except ImportError:  # pragma: no cover - written by every build
-        _build_info = None
-    built = getattr(_build_info, "TORCH_VERSION", None)
-    if built is not None and built.split("+")[0] != torch.__version__.split("+")[0]:
+    built = _built_for_torch(_LIB)
+    running = torch.__version__.split("+")[0]
+    if built is None or built.split("+")[0] != running:
         raise ImportError(
-            f"q8: libq8.so was built against torch {built}, but torch {torch.__version__} is installed. "
-            "Rebuild q8 (`pip install --no-build-isolation -e .`) with the torch you use."
+            f"q8: {_LIB} was built against torch {built or 'unknown'}, but torch {torch.__version__} is "
+            "installed. Rebuild q8 (`pip install --no-build-isolation -e .`) with the torch you use."
         )
     try:
         torch.ops.load_library(_LIB)
     except OSError as e:
-        raise ImportError(
-            f"q8: could not load {_LIB} ({e}). It was probably built against another torch "
-            f"(built for {built}, running {torch.__version__}); rebuild q8 with the torch you use."
-        ) from e
+        raise ImportError(f"q8: could not load {_LIB} ({e}). Rebuild q8 with the torch you use.") from e
 
 
 _load_library()

@@ -190,37 +190,28 @@ def test_loading_without_q8_says_how(tmp_path):
     assert "q8::" in res.stderr
 
 
-def test_import_fails_clearly_for_another_torch(tmp_path):
+def test_import_fails_clearly_for_another_torch():
     """A libq8 built for another torch is refused with a message that says what to do."""
-    _run_python(f"""
-        import importlib, sys, types
+    _run_python("""
         import torch
-        fake = types.ModuleType("q8._build_info")
-        fake.TORCH_VERSION = "1.0.0"
-        sys.modules["q8._build_info"] = fake
+        torch.__version__ = "1.0.0"
         try:
             import q8
         except ImportError as e:
-            assert "built against torch 1.0.0" in str(e) and "Rebuild" in str(e), e
+            assert "was built against torch" in str(e) and "torch 1.0.0 is installed" in str(e), e
+            assert "Rebuild q8" in str(e), e
             print("ok")
         else:
             raise SystemExit("import q8 did not fail")
     """)
 
 
-def test_double_backward(device):
-    # Straight-through path: d(grad_input)/d(grad_output) is the mask again.
-    x = torch.randn(50, device=device, requires_grad=True)
-    s, z = torch.tensor(0.05, device=device), torch.tensor(0, device=device)
-    y = q8.fake_quantize_per_tensor(x, s, z, -8, 7)
-    g = torch.randn(50, device=device, requires_grad=True)
-    (gx,) = torch.autograd.grad(y, x, g, create_graph=True)
-    (gg,) = torch.autograd.grad(gx.sum(), g)
-    mask = ((torch.round(x.detach() * (1 / s)) + z >= -8) & (torch.round(x.detach() * (1 / s)) + z <= 7)).float()
-    assert_same(gg, mask)
-    # Learnable path: a second derivative is refused, loudly.
-    sl = torch.tensor([0.05], device=device, requires_grad=True)
-    y = q8.fake_quantize_per_tensor(x, sl, z, -8, 7)
-    (gs,) = torch.autograd.grad(y.sum(), sl, create_graph=True)
-    with pytest.raises(RuntimeError, match="not implemented"):
-        gs.sum().backward()
+def test_import_fails_clearly_without_the_library(tmp_path):
+    pkg = tmp_path / "q8"
+    pkg.mkdir()
+    for name in ("__init__.py", "ops.py"):
+        (pkg / name).write_text(open(os.path.join(os.path.dirname(q8.__file__), name)).read())
+    res = subprocess.run([sys.executable, "-c", "import q8"], capture_output=True, text=True, cwd=tmp_path,
+                         timeout=300)
+    assert res.returncode != 0
+    assert "libq8.so is missing" in res.stderr and "pip install --no-build-isolation -e ." in res.stderr

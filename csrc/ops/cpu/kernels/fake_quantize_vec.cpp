@@ -168,9 +168,11 @@ struct ParamLoader {
   }
 };
 
-// Walks the flat range [begin, end) run by run, calling f(offset, length,
-// param_index, broadcast) where param_index is the channel (broadcast) or the
-// position in the periodic parameter arrays.
+// Walks the flat range [begin, end) run by run, calling
+// f(layout, offset, length, param_index): `layout` is std::true_type for the
+// broadcast layout (param_index = the run's channel) and std::false_type for the
+// periodic one (param_index = position in the periodic parameter arrays), so each
+// kernel instantiates both once.
 template <typename F>
 C10_ALWAYS_INLINE void for_each_run(const ChannelParams& p, int64_t begin, int64_t end, const F& f) {
   int64_t i = begin;
@@ -178,15 +180,33 @@ C10_ALWAYS_INLINE void for_each_run(const ChannelParams& p, int64_t begin, int64
     if (p.broadcast) {
       const int64_t row = i / p.inner;
       const int64_t len = std::min(end, (row + 1) * p.inner) - i;
-      f(i, len, row % p.channels);
+      f(std::true_type{}, i, len, row % p.channels);
       i += len;
     } else {
       const int64_t pos = i % p.period;
       const int64_t len = std::min(end - i, p.period - pos);
-      f(i, len, pos);
+      f(std::false_type{}, i, len, pos);
       i += len;
     }
   }
+}
+
+// for_each_run over all of p.numel, split across threads.
+template <typename F>
+void parallel_runs(const ChannelParams& p, const F& f) {
+  at::parallel_for(0, p.numel, kGrain, [&](int64_t begin, int64_t end) { for_each_run(p, begin, end, f); });
+}
+
+// AT_DISPATCH over float32 / float16 / bfloat16: f(scalar_t{}).
+template <typename F>
+void dispatch_float(c10::ScalarType dtype, const F& f) {
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, "q8_cpu_kernel", [&] {
+    if constexpr (std::is_same_v<scalar_t, double>) {
+      TORCH_INTERNAL_ASSERT(false, "q8: float64 reached a CPU kernel (the op checks should refuse it)");
+    } else {
+      f(scalar_t{});
+    }
+  });
 }
 
 // ---------------------------------------------------------------------------
@@ -222,25 +242,14 @@ void fake_quant_run(const T* x, T* y, bool* mask, int64_t len, const float* sc, 
 }
 
 void fake_quantize_kernel(c10::ScalarType dtype, const void* x_, void* y_, bool* mask, const ChannelParams& p) {
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, "q8_fake_quantize_cpu", [&] {
-    const auto* x = static_cast<const scalar_t*>(x_);
-    auto* y = static_cast<scalar_t*>(y_);
-    if constexpr (std::is_same_v<scalar_t, double>) {
-      TORCH_INTERNAL_ASSERT(false, "q8: float64 reached the fake-quantize kernel");
-    } else {
-      at::parallel_for(0, p.numel, kGrain, [&](int64_t begin, int64_t end) {
-        for_each_run(p, begin, end, [&](int64_t off, int64_t len, int64_t idx) {
-          bool* m = mask ? mask + off : nullptr;
-          if (p.broadcast) {
-            fake_quant_run<scalar_t, true>(x + off, y + off, m, len, p.scale + idx, p.inv_scale + idx,
-                                           p.zero_point + idx, p.quant_min, p.quant_max);
-          } else {
-            fake_quant_run<scalar_t, false>(x + off, y + off, m, len, p.scale + idx, p.inv_scale + idx,
-                                            p.zero_point + idx, p.quant_min, p.quant_max);
-          }
-        });
-      });
-    }
+  dispatch_float(dtype, [&](auto tag) {
+    using T = decltype(tag);
+    const auto* x = static_cast<const T*>(x_);
+    auto* y = static_cast<T*>(y_);
+    parallel_runs(p, [&](auto layout, int64_t off, int64_t len, int64_t idx) {
+      fake_quant_run<T, decltype(layout)::value>(x + off, y + off, mask ? mask + off : nullptr, len, p.scale + idx,
+                                                 p.inv_scale + idx, p.zero_point + idx, p.quant_min, p.quant_max);
+    });
   });
 }
 
@@ -265,12 +274,9 @@ void mask_backward_typed(const T* g, const bool* mask, T* dx, int64_t numel) {
 }
 
 void mask_backward_kernel(c10::ScalarType dtype, const void* g, const bool* mask, void* dx, int64_t n) {
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, "q8_fake_quantize_mask_backward_cpu", [&] {
-    if constexpr (std::is_same_v<scalar_t, double>) {
-      TORCH_INTERNAL_ASSERT(false, "q8: float64 reached the mask-backward kernel");
-    } else {
-      mask_backward_typed(static_cast<const scalar_t*>(g), mask, static_cast<scalar_t*>(dx), n);
-    }
+  dispatch_float(dtype, [&](auto tag) {
+    using T = decltype(tag);
+    mask_backward_typed(static_cast<const T*>(g), mask, static_cast<T*>(dx), n);
   });
 }
 
@@ -377,35 +383,17 @@ void learnable_run(const T* g, const T* x, T* dx, Sink& sink, int64_t len, const
   }
 }
 
-template <typename F>
-void dispatch_learnable(c10::ScalarType dtype, const F& f) {
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, "q8_fake_quantize_learnable_backward_cpu", [&] {
-    if constexpr (std::is_same_v<scalar_t, double>) {
-      TORCH_INTERNAL_ASSERT(false, "q8: float64 reached the learnable-backward kernel");
-    } else {
-      f(scalar_t{});
-    }
-  });
-}
-
 void learnable_backward_kernel(c10::ScalarType dtype, const void* g_, const void* x_, void* dx_, float* ds,
                                float* dz, const ChannelParams& p) {
-  dispatch_learnable(dtype, [&](auto tag) {
+  dispatch_float(dtype, [&](auto tag) {
     using T = decltype(tag);
     const auto* g = static_cast<const T*>(g_);
     const auto* x = static_cast<const T*>(x_);
     auto* dx = static_cast<T*>(dx_);
-    at::parallel_for(0, p.numel, kGrain, [&](int64_t begin, int64_t end) {
-      for_each_run(p, begin, end, [&](int64_t off, int64_t len, int64_t idx) {
-        StoreTerms sink{ds + off, dz ? dz + off : nullptr};
-        if (p.broadcast) {
-          learnable_run<T, true>(g + off, x + off, dx + off, sink, len, p.scale + idx, p.inv_scale + idx,
-                                 p.zero_point + idx, p.quant_min, p.quant_max);
-        } else {
-          learnable_run<T, false>(g + off, x + off, dx + off, sink, len, p.scale + idx, p.inv_scale + idx,
-                                  p.zero_point + idx, p.quant_min, p.quant_max);
-        }
-      });
+    parallel_runs(p, [&](auto layout, int64_t off, int64_t len, int64_t idx) {
+      StoreTerms sink{ds + off, dz ? dz + off : nullptr};
+      learnable_run<T, decltype(layout)::value>(g + off, x + off, dx + off, sink, len, p.scale + idx,
+                                                p.inv_scale + idx, p.zero_point + idx, p.quant_min, p.quant_max);
     });
   });
 }
@@ -417,7 +405,7 @@ void learnable_backward_kernel(c10::ScalarType dtype, const void* g_, const void
 void learnable_backward_rows_kernel(c10::ScalarType dtype, const void* g_, const void* x_, void* dx_, double* row_ds,
                                     double* row_dz, int64_t rows_per_block, const ChannelParams& p) {
   TORCH_INTERNAL_ASSERT(p.broadcast);
-  dispatch_learnable(dtype, [&](auto tag) {
+  dispatch_float(dtype, [&](auto tag) {
     using T = decltype(tag);
     const auto* g = static_cast<const T*>(g_);
     const auto* x = static_cast<const T*>(x_);
@@ -428,7 +416,7 @@ void learnable_backward_rows_kernel(c10::ScalarType dtype, const void* g_, const
         const int64_t begin = b * kReduceBlock;
         const int64_t end = std::min(p.numel, begin + kReduceBlock);
         const int64_t row0 = begin / p.inner;
-        for_each_run(p, begin, end, [&](int64_t off, int64_t len, int64_t idx) {
+        for_each_run(p, begin, end, [&](auto /*broadcast*/, int64_t off, int64_t len, int64_t idx) {
           SumTerms sink;
           learnable_run<T, true>(g + off, x + off, dx + off, sink, len, p.scale + idx, p.inv_scale + idx,
                                  p.zero_point + idx, p.quant_min, p.quant_max);
@@ -473,34 +461,28 @@ void quantize_run(const T* x, Q* q, int64_t len, const float* sc, const float* i
 }
 
 void quantize_kernel(c10::ScalarType dtype, const void* x_, c10::ScalarType qdtype, void* q_, const ChannelParams& p) {
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, "q8_quantize_cpu", [&] {
-    using T = scalar_t;
-    if constexpr (std::is_same_v<T, double>) {
-      TORCH_INTERNAL_ASSERT(false, "q8: float64 reached the quantize kernel");
-    } else {
-      auto run = [&](auto* q) {
-        using Q = std::remove_pointer_t<decltype(q)>;
-        const auto* x = static_cast<const T*>(x_);
-        at::parallel_for(0, p.numel, kGrain, [&](int64_t begin, int64_t end) {
-          for_each_run(p, begin, end, [&](int64_t off, int64_t len, int64_t idx) {
-            if (p.broadcast) {
-              quantize_run<T, Q, true>(x + off, q + off, len, p.scale + idx, p.inv_scale + idx,
-                                       p.zero_point + idx, p.quant_min, p.quant_max);
-            } else {
-              quantize_run<T, Q, false>(x + off, q + off, len, p.scale + idx, p.inv_scale + idx,
-                                        p.zero_point + idx, p.quant_min, p.quant_max);
-            }
-          });
-        });
-      };
-      if (qdtype == at::kChar) {
+  dispatch_float(dtype, [&](auto tag) {
+    using T = decltype(tag);
+    const auto* x = static_cast<const T*>(x_);
+    auto run = [&](auto* q) {
+      using Q = std::remove_pointer_t<decltype(q)>;
+      parallel_runs(p, [&](auto layout, int64_t off, int64_t len, int64_t idx) {
+        quantize_run<T, Q, decltype(layout)::value>(x + off, q + off, len, p.scale + idx, p.inv_scale + idx,
+                                                    p.zero_point + idx, p.quant_min, p.quant_max);
+      });
+    };
+    switch (qdtype) {
+      case at::kChar:
         run(static_cast<int8_t*>(q_));
-      } else if (qdtype == at::kByte) {
+        break;
+      case at::kByte:
         run(static_cast<uint8_t*>(q_));
-      } else {
-        TORCH_INTERNAL_ASSERT(qdtype == at::kInt, "q8: unexpected dtype ", qdtype, " in the quantize kernel");
+        break;
+      case at::kInt:
         run(static_cast<int32_t*>(q_));
-      }
+        break;
+      default:
+        TORCH_INTERNAL_ASSERT(false, "q8: unexpected dtype ", qdtype, " in the quantize kernel");
     }
   });
 }
@@ -534,37 +516,27 @@ void dequantize_run(const Q* q, T* y, int64_t len, const float* sc, const float*
 }
 
 void dequantize_kernel(c10::ScalarType qdtype, const void* q_, c10::ScalarType dtype, void* y_, const ChannelParams& p) {
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, "q8_dequantize_cpu", [&] {
-    using T = scalar_t;
-    if constexpr (std::is_same_v<T, double>) {
-      TORCH_INTERNAL_ASSERT(false, "q8: float64 reached the dequantize kernel");
-    } else {
-      auto run = [&](const auto* q) {
-        using Q = std::remove_const_t<std::remove_pointer_t<decltype(q)>>;
-        auto* y = static_cast<T*>(y_);
-        at::parallel_for(0, p.numel, kGrain, [&](int64_t begin, int64_t end) {
-          for_each_run(p, begin, end, [&](int64_t off, int64_t len, int64_t idx) {
-            if (p.broadcast) {
-              dequantize_run<Q, T, true>(q + off, y + off, len, p.scale + idx, p.zero_point + idx);
-            } else {
-              dequantize_run<Q, T, false>(q + off, y + off, len, p.scale + idx, p.zero_point + idx);
-            }
-          });
-        });
-      };
-      switch (qdtype) {
-        case at::kChar:
-          run(static_cast<const int8_t*>(q_));
-          break;
-        case at::kByte:
-          run(static_cast<const uint8_t*>(q_));
-          break;
-        case at::kInt:
-          run(static_cast<const int32_t*>(q_));
-          break;
-        default:
-          TORCH_INTERNAL_ASSERT(false, "q8: unexpected dtype ", qdtype, " in the dequantize kernel");
-      }
+  dispatch_float(dtype, [&](auto tag) {
+    using T = decltype(tag);
+    auto* y = static_cast<T*>(y_);
+    auto run = [&](const auto* q) {
+      using Q = std::remove_const_t<std::remove_pointer_t<decltype(q)>>;
+      parallel_runs(p, [&](auto layout, int64_t off, int64_t len, int64_t idx) {
+        dequantize_run<Q, T, decltype(layout)::value>(q + off, y + off, len, p.scale + idx, p.zero_point + idx);
+      });
+    };
+    switch (qdtype) {
+      case at::kChar:
+        run(static_cast<const int8_t*>(q_));
+        break;
+      case at::kByte:
+        run(static_cast<const uint8_t*>(q_));
+        break;
+      case at::kInt:
+        run(static_cast<const int32_t*>(q_));
+        break;
+      default:
+        TORCH_INTERNAL_ASSERT(false, "q8: unexpected dtype ", qdtype, " in the dequantize kernel");
     }
   });
 }
@@ -630,25 +602,18 @@ void min_max_kernel(c10::ScalarType dtype, const void* x_, float* mins, float* m
   // so the result is the same for any thread count.
   const int64_t nthreads = at::get_num_threads();
   std::vector<float> tmin(nthreads * slots, 0.f), tmax(nthreads * slots, 0.f);
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, "q8_min_max_cpu", [&] {
-    if constexpr (std::is_same_v<scalar_t, double>) {
-      TORCH_INTERNAL_ASSERT(false, "q8: float64 reached the min/max kernel");
-    } else {
-      const auto* x = static_cast<const scalar_t*>(x_);
-      at::parallel_for(0, p.numel, kGrain, [&](int64_t begin, int64_t end) {
-        const int64_t tid = at::get_thread_num();
-        TORCH_INTERNAL_ASSERT(tid >= 0 && tid < nthreads);
-        float* lo = tmin.data() + tid * slots;
-        float* hi = tmax.data() + tid * slots;
-        for_each_run(p, begin, end, [&](int64_t off, int64_t len, int64_t idx) {
-          if (p.broadcast) {
-            min_max_run<scalar_t, true>(x + off, len, lo + idx, hi + idx);
-          } else {
-            min_max_run<scalar_t, false>(x + off, len, lo + idx, hi + idx);
-          }
-        });
+  dispatch_float(dtype, [&](auto tag) {
+    using T = decltype(tag);
+    const auto* x = static_cast<const T*>(x_);
+    at::parallel_for(0, p.numel, kGrain, [&](int64_t begin, int64_t end) {
+      const int64_t tid = at::get_thread_num();
+      TORCH_INTERNAL_ASSERT(tid >= 0 && tid < nthreads);
+      float* lo = tmin.data() + tid * slots;
+      float* hi = tmax.data() + tid * slots;
+      for_each_run(p, begin, end, [&](auto layout, int64_t off, int64_t len, int64_t idx) {
+        min_max_run<T, decltype(layout)::value>(x + off, len, lo + idx, hi + idx);
       });
-    }
+    });
   });
   for (int64_t t = 0; t < nthreads; ++t) {
     for (int64_t s = 0; s < slots; ++s) {
