@@ -466,4 +466,26 @@ inline std::string describe(at::IntArrayRef sizes, std::optional<int64_t> axis, 
   return os.str();
 }
 
+// Runs `f` under each supported CPU family and checks that every family's tensors
+// are bit-identical to the first family's.
+inline void expect_same_on_every_isa(const std::function<std::vector<at::Tensor>()>& f, const std::string& what) {
+  IsaGuard guard;
+  std::vector<at::Tensor> first;
+  std::string first_name;
+  for (const auto& name : supported_isas()) {
+    q8::set_cpu_isa(name.c_str());
+    auto outs = f();
+    if (first.empty()) {
+      first = std::move(outs);
+      first_name = name;
+      continue;
+    }
+    ASSERT_EQ(outs.size(), first.size());
+    for (size_t k = 0; k < outs.size(); ++k) {
+      EXPECT_TRUE(same_bits(outs[k], first[k]))
+          << what << ": output " << k << " of '" << name << "' differs from '" << first_name << "'";
+    }
+  }
+}
+
 }  // namespace q8_test

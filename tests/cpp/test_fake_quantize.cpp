@@ -386,28 +386,6 @@ TEST(FakeQuantizeIsa, FamiliesAreListedAndSelectable) {
   EXPECT_EQ(std::string(q8::cpu_isa()), "default");
 }
 
-// Runs `f` under each supported family and checks that every family's tensors are
-// bit-identical to the first family's.
-void expect_same_on_every_isa(const std::function<std::vector<at::Tensor>()>& f, const std::string& what) {
-  IsaGuard guard;
-  std::vector<at::Tensor> first;
-  std::string first_name;
-  for (const auto& name : supported_isas()) {
-    q8::set_cpu_isa(name.c_str());
-    auto outs = f();
-    if (first.empty()) {
-      first = std::move(outs);
-      first_name = name;
-      continue;
-    }
-    ASSERT_EQ(outs.size(), first.size());
-    for (size_t k = 0; k < outs.size(); ++k) {
-      EXPECT_TRUE(same_bits(outs[k], first[k]))
-          << what << ": output " << k << " of '" << name << "' differs from '" << first_name << "'";
-    }
-  }
-}
-
 const std::vector<int64_t> kOddSizes{1, 7, 15, 16, 17, 33, 1000, 100003};
 
 TEST(FakeQuantizeIsa, PerTensorForwardIsBitIdentical) {
