@@ -312,3 +312,41 @@ def test_no_grad_and_inference_mode_skip_the_mask(device):
     with torch.inference_mode():
         y2 = q8.fake_quantize_per_tensor(x.detach(), s, z, -128, 127)
     assert_same(y, y2)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_memory_format_is_preserved_like_torch(device, dtype):
+    """Outputs keep a dense input's strides (channels_last, transposed), as torch's ops do."""
+    base = random_input((2, 8, 5, 6), dtype, device)
+    inputs = {
+        "channels_last": base.to(memory_format=torch.channels_last),
+        "permuted": base.permute(3, 1, 0, 2),
+        "transposed 2-D": base.reshape(16, 30).t(),
+        "sliced (not dense)": base[:, ::2],
+        "expanded (overlapping)": base[:1].expand(3, 8, 5, 6),
+    }
+    for name, x in inputs.items():
+        scale, zp = qparams(1, -128, 127, torch.int32, device, per_channel=False)
+        out = q8.fake_quantize_per_tensor(x, scale, zp, -128, 127)
+        assert_same(out, ref.fake_quantize(x, scale, zp, None, -128, 127)[0])
+        expected = torch.fake_quantize_per_tensor_affine(x, scale, zp, -128, 127)
+        assert out.stride() == expected.stride(), (name, out.stride(), expected.stride())
+        for axis in range(x.dim()):
+            sc, zc = qparams(x.shape[axis], -128, 127, torch.int32, device, per_channel=True)
+            out = q8.fake_quantize_per_channel(x, sc, zc, axis, -128, 127)
+            assert_same(out, ref.fake_quantize(x, sc, zc, axis, -128, 127)[0])
+            assert out.stride() == torch.empty_like(x).stride(), (name, axis)
+            q = q8.quantize(x, sc, zc, axis, -128, 127, torch.int8)
+            assert q.stride() == out.stride()
+            d = q8.dequantize(q, sc, zc, axis, dtype)
+            assert d.stride() == out.stride()
+            assert_same(d, out)
+        # Gradients keep the layout too, straight-through and learnable.
+        xg = x.detach().clone(memory_format=torch.preserve_format).requires_grad_()
+        s = scale.clone().requires_grad_()
+        y = q8.fake_quantize_per_tensor(xg, s, zp.float(), -128, 127)
+        g = torch.randn_like(y)
+        y.backward(g)
+        dx, ds, _ = ref.lsq_grads(g, xg.detach(), scale, zp.float(), None, -128, 127)
+        assert_same(xg.grad, dx)
+        torch.testing.assert_close(s.grad.double(), ds, rtol=1e-4, atol=1e-4)

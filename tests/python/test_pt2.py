@@ -37,8 +37,13 @@ def sample_inputs(device, requires_grad):
             (OPS.fake_quantize_per_channel.default, (x_(4, 6, 70, dtype=dtype), s_(6), zi(6), 1, -128, 127)),
             (OPS.fake_quantize_per_channel.default, (x_(9, 5, dtype=dtype), s_(5), zf(5), -1, -8, 7)),
         ]
+    cl = (torch.randn(2, 6, 3, 5, device=device) * 3).to(memory_format=torch.channels_last)
     samples += [
         (OPS.fake_quantize_per_tensor.default, (x_(), s_(), zi(), -128, 127)),
+        (OPS.fake_quantize_per_tensor.default, (cl.clone().requires_grad_(requires_grad), s_(), zi(), -128, 127)),
+        (OPS.fake_quantize_per_channel.default, (cl.clone().requires_grad_(requires_grad), s_(6), zf(6), 1, -8, 7)),
+        (OPS._fake_quantize_cachemask.default, (cl.permute(0, 3, 1, 2), s_(5), zi(5), 1, -128, 127)),
+        (OPS.quantize.default, (cl, s_(3), zi(3) + 5, 2, 0, 255, torch.uint8)),
         (OPS._fake_quantize_cachemask.default, (x_(6, 10), s_(), zi(), None, -128, 127)),
         (OPS._fake_quantize_cachemask.default, (x_(6, 10), s_(10), zi(10) + 3, 1, 0, 255)),
         (OPS._fake_quantize_mask_backward.default, (x_(6, 10), torch.rand(6, 10, device=device) > 0.5)),

@@ -20,9 +20,9 @@ std::tuple<at::Tensor, at::Tensor> fake_quantize_impl(
     int64_t quant_max,
     bool with_mask) {
   const auto wrapped = detail::check_fake_quantize_args(op, input, scale, zero_point, axis, quant_min, quant_max);
-  const auto x = input.contiguous();
-  auto out = empty_output(x.sizes(), x.options());
-  at::Tensor mask = with_mask ? empty_output(x.sizes(), x.options().dtype(at::kBool)) : at::Tensor();
+  auto out = empty_output(input, input.options());
+  at::Tensor mask = with_mask ? empty_output(input, input.options().dtype(at::kBool)) : at::Tensor();
+  const auto x = match_layout(input, out);
   const auto host = make_host_params(op, layout_of(x, wrapped), scale, zero_point, quant_min, quant_max);
   if (x.numel() > 0) {
     kernels().fake_quantize(
@@ -70,9 +70,9 @@ at::Tensor fake_quantize_mask_backward_cpu(const at::Tensor& grad, const at::Ten
   TORCH_CHECK(grad.sizes() == mask.sizes(), "q8._fake_quantize_mask_backward: grad and mask must have the same "
               "shape, got ", grad.sizes(), " and ", mask.sizes());
   detail::check_same_device("_fake_quantize_mask_backward", grad, "grad", mask, "mask");
-  const auto g = grad.contiguous();
-  const auto m = mask.contiguous();
-  auto dx = empty_output(g.sizes(), g.options());
+  auto dx = empty_output(mask, grad.options());
+  const auto g = match_layout(grad, dx);
+  const auto m = match_layout(mask, dx);
   if (g.numel() > 0) {
     kernels().mask_backward(g.scalar_type(), g.const_data_ptr(), m.const_data_ptr<bool>(), dx.mutable_data_ptr(),
                             g.numel());
@@ -96,10 +96,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> fake_quantize_learnable_backward_
               ", got ", grad.sizes());
   detail::check_same_device(op, input, "input", grad, "grad");
 
-  const auto x = input.contiguous();
-  const auto g = grad.contiguous();
   const bool zero_point_grad = zero_point.is_floating_point();
-  auto dx = empty_output(x.sizes(), x.options());
+  auto dx = empty_output(input, input.options());
+  const auto x = match_layout(input, dx);
+  const auto g = match_layout(grad, dx);
   const Layout layout = layout_of(x, wrapped);
   const auto host = make_host_params(op, layout, scale, zero_point, quant_min, quant_max);
   const auto& p = host.params;
@@ -133,8 +133,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> fake_quantize_learnable_backward_
     }
   } else {
     // Short runs: per-element terms, then a sum over every dimension but the axis.
-    auto ds = at::empty(x.sizes(), f32);
-    auto dz = zero_point_grad ? at::empty(x.sizes(), f32) : at::Tensor();
+    // Laid out as x, which the kernel walks in memory order.
+    auto ds = at::empty_like(x, f32, at::MemoryFormat::Preserve);
+    auto dz = zero_point_grad ? at::empty_like(x, f32, at::MemoryFormat::Preserve) : at::Tensor();
     if (p.numel > 0) {
       kernels().learnable_backward(x.scalar_type(), g.const_data_ptr(), x.const_data_ptr(), dx.mutable_data_ptr(),
                                    ds.mutable_data_ptr<float>(), zero_point_grad ? dz.mutable_data_ptr<float>() : nullptr,

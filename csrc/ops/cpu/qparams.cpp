@@ -13,25 +13,31 @@
 
 namespace q8::cpu {
 
-Layout layout_of(const at::Tensor& input, std::optional<int64_t> axis) {
+Layout layout_of(const at::Tensor& dense, std::optional<int64_t> axis) {
   Layout l;
+  const int64_t numel = dense.numel();
   if (!axis.has_value()) {
-    l.inner = input.numel();
+    l.inner = numel;
     return l;
   }
-  const auto sizes = input.sizes();
-  for (int64_t d = 0; d < *axis; ++d) {
-    l.outer *= sizes[d];
+  l.channels = dense.size(*axis);
+  if (numel == 0) {
+    l.outer = 0;  // no elements, but still one slot per channel
+    return l;
   }
-  l.channels = sizes[*axis];
-  for (int64_t d = *axis + 1; d < input.dim(); ++d) {
-    l.inner *= sizes[d];
+  if (l.channels == 1) {
+    l.inner = numel;
+    return l;
   }
+  l.inner = dense.stride(*axis);
+  TORCH_INTERNAL_ASSERT(l.inner > 0 && numel % (l.channels * l.inner) == 0,
+                        "q8: layout_of needs a dense tensor, got strides ", dense.strides());
+  l.outer = numel / (l.channels * l.inner);
   return l;
 }
 
-at::Tensor empty_output(at::IntArrayRef sizes, const at::TensorOptions& options) {
-  auto out = at::empty(sizes, options);
+at::Tensor empty_output(const at::Tensor& like, const at::TensorOptions& options) {
+  auto out = at::empty_like(like, options, at::MemoryFormat::Preserve);
 #if defined(__linux__) && defined(MADV_HUGEPAGE)
   constexpr uintptr_t kHuge = uintptr_t{2} << 20;
   const size_t nbytes = out.nbytes();
@@ -46,6 +52,13 @@ at::Tensor empty_output(at::IntArrayRef sizes, const at::TensorOptions& options)
   }
 #endif
   return out;
+}
+
+at::Tensor match_layout(const at::Tensor& t, const at::Tensor& dense) {
+  if (t.strides() == dense.strides()) {
+    return t;
+  }
+  return at::empty_like(dense, t.options(), at::MemoryFormat::Preserve).copy_(t);
 }
 
 ChannelParams make_layout_params(const Layout& layout, std::vector<int64_t>* channel_of) {

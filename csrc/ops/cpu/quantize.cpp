@@ -62,8 +62,8 @@ at::Tensor quantize_cpu(
   const char* op = "quantize";
   const auto wrapped = detail::check_fake_quantize_args(op, input, scale, zero_point, axis, quant_min, quant_max);
   detail::check_quant_range_fits(op, quant_min, quant_max, dtype);
-  const auto x = input.contiguous();
-  auto out = empty_output(x.sizes(), x.options().dtype(dtype));
+  auto out = empty_output(input, input.options().dtype(dtype));
+  const auto x = match_layout(input, out);
   const auto host = make_host_params(op, layout_of(x, wrapped), scale, zero_point, quant_min, quant_max);
   if (x.numel() > 0) {
     kernels().quantize(x.scalar_type(), x.const_data_ptr(), dtype, out.mutable_data_ptr(), host.params);
@@ -80,8 +80,8 @@ at::Tensor dequantize_cpu(
   const char* op = "dequantize";
   const auto wrapped = detail::check_dequantize_args(op, input, scale, zero_point, axis, dtype);
   const auto [zmin, zmax] = detail::dequantize_zero_point_range(input.scalar_type());
-  const auto q = input.contiguous();
-  auto out = empty_output(q.sizes(), q.options().dtype(dtype));
+  auto out = empty_output(input, input.options().dtype(dtype));
+  const auto q = match_layout(input, out);
   const auto host = make_host_params(op, layout_of(q, wrapped), scale, zero_point, zmin, zmax);
   if (q.numel() > 0) {
     kernels().dequantize(q.scalar_type(), q.const_data_ptr(), dtype, out.mutable_data_ptr(), host.params);

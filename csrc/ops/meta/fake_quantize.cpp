@@ -9,8 +9,13 @@
 namespace q8::meta {
 namespace {
 
+// Outputs keep the layout of the tensor they follow, as the CPU / CUDA kernels do
+// (cpu/qparams.h, empty_output) and as torch's fake-quantize ops do.
+at::Tensor like(const at::Tensor& t, const at::TensorOptions& options) {
+  return at::empty_like(t, options, at::MemoryFormat::Preserve);
+}
 at::Tensor like(const at::Tensor& t, at::ScalarType dtype) {
-  return at::empty_symint(t.sym_sizes(), t.options().dtype(dtype));
+  return like(t, t.options().dtype(dtype));
 }
 
 at::Tensor fake_quantize_per_tensor_meta(
@@ -43,7 +48,7 @@ at::Tensor fake_quantize_mask_backward_meta(const at::Tensor& grad, const at::Te
               "q8._fake_quantize_mask_backward: mask must be bool, got ", mask.scalar_type());
   TORCH_CHECK(grad.sym_sizes() == mask.sym_sizes(), "q8._fake_quantize_mask_backward: grad and mask must have "
               "the same shape, got ", grad.sym_sizes(), " and ", mask.sym_sizes());
-  return like(grad, grad.scalar_type());
+  return like(mask, grad.options());
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> fake_quantize_learnable_backward_meta(
@@ -55,7 +60,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> fake_quantize_learnable_backward_
               input.scalar_type(), ", got ", grad.scalar_type());
   TORCH_CHECK(grad.sym_sizes() == input.sym_sizes(), "q8.", op, ": grad must have input's shape ",
               input.sym_sizes(), ", got ", grad.sym_sizes());
-  return {like(input, input.scalar_type()), like(scale, at::kFloat), like(zero_point, at::kFloat)};
+  return {like(input, input.scalar_type()), at::empty_symint(scale.sym_sizes(), scale.options().dtype(at::kFloat)),
+          at::empty_symint(zero_point.sym_sizes(), zero_point.options().dtype(at::kFloat))};
 }
 
 } // namespace

@@ -26,14 +26,14 @@ at::Tensor quantize_meta(
     int64_t quant_min, int64_t quant_max, at::ScalarType dtype) {
   detail::check_fake_quantize_args("quantize", input, scale, zero_point, axis, quant_min, quant_max);
   detail::check_quant_range_fits("quantize", quant_min, quant_max, dtype);
-  return at::empty_symint(input.sym_sizes(), input.options().dtype(dtype));
+  return at::empty_like(input, input.options().dtype(dtype), at::MemoryFormat::Preserve);
 }
 
 at::Tensor dequantize_meta(
     const at::Tensor& input, const at::Tensor& scale, const at::Tensor& zero_point, std::optional<int64_t> axis,
     at::ScalarType dtype) {
   detail::check_dequantize_args("dequantize", input, scale, zero_point, axis, dtype);
-  return at::empty_symint(input.sym_sizes(), input.options().dtype(dtype));
+  return at::empty_like(input, input.options().dtype(dtype), at::MemoryFormat::Preserve);
 }
 
 } // namespace
