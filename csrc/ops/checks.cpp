@@ -1,5 +1,6 @@
 #include "checks.h"
 
+#include <cfloat>
 #include <cmath>
 
 #include <ATen/ATen.h>
@@ -112,11 +113,14 @@ void check_scale_values(const char* op, const at::Tensor& scale) {
   TORCH_INTERNAL_ASSERT(scale.device().is_cpu() && scale.scalar_type() == at::kFloat);
   const auto s = scale.contiguous();
   const float* p = s.const_data_ptr<float>();
-  for (int64_t i = 0; i < s.numel(); ++i) {
-    TORCH_CHECK(
-        std::isfinite(p[i]) && p[i] > 0.0f,
-        "q8.", op, ": scale must be finite and > 0, got ", p[i], s.numel() > 1 ? " at channel " : "",
-        s.numel() > 1 ? std::to_string(i) : std::string());
+  const int64_t n = s.numel();
+  auto where = [n](int64_t i) { return n > 1 ? " at channel " + std::to_string(i) : std::string(); };
+  for (int64_t i = 0; i < n; ++i) {
+    TORCH_CHECK(std::isfinite(p[i]) && p[i] > 0.0f, "q8.", op, ": scale must be finite and > 0, got ", p[i],
+                where(i));
+    // A subnormal scale has no finite float32 reciprocal: 0 * (1 / scale) would be NaN.
+    TORCH_CHECK(p[i] >= FLT_MIN, "q8.", op, ": scale must be at least ", FLT_MIN,
+                " (the smallest normal float32, so that 1 / scale is finite), got ", p[i], where(i));
   }
 }
 

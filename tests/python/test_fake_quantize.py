@@ -350,3 +350,25 @@ def test_memory_format_is_preserved_like_torch(device, dtype):
         dx, ds, _ = ref.lsq_grads(g, xg.detach(), scale, zp.float(), None, -128, 127)
         assert_same(xg.grad, dx)
         torch.testing.assert_close(s.grad.double(), ds, rtol=1e-4, atol=1e-4)
+
+
+def test_concurrent_calls_from_threads_agree():
+    """Eight Python threads calling the ops at once get the single-threaded results."""
+    import concurrent.futures
+
+    x = torch.randn(64, 1000) * 4
+    sc, zc = torch.rand(1000) + 0.05, torch.randint(-3, 3, (1000,), dtype=torch.int32)
+    s, z = torch.tensor(0.2), torch.tensor(1)
+
+    def work(_):
+        xg = x.clone().requires_grad_()
+        sl = s.clone().requires_grad_()
+        y = q8.fake_quantize_per_tensor(xg, sl, z, -128, 127) + q8.fake_quantize_per_channel(x, sc, zc, 1, -8, 7)
+        y.sum().backward()
+        return y.detach(), xg.grad, sl.grad, q8.choose_qparams(x, 0, 255, False, 1)[0]
+
+    expected = work(0)
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        for got in pool.map(work, range(32)):
+            for a, b in zip(got, expected):
+                assert_same(a, b)
