@@ -26,7 +26,7 @@ namespace q8 {
 //   q   = clamp(nearbyint(x * (1 / scale)) + zero_point, quant_min, quant_max)
 //   out = (q - zero_point) * scale
 // input: float32, float16 or bfloat16 (math in float32, output in input's dtype).
-// scale: float32 tensor with one element, finite and > 0.
+// scale: float32 tensor with one element, finite and >= FLT_MIN (1 / scale finite).
 // zero_point: int32, int64 or float32 tensor with one element; a float zero point
 //   is rounded half to even and clamped to [quant_min, quant_max].
 // Differentiable: straight-through for `input` inside the clamp range, and the

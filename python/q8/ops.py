@@ -11,7 +11,8 @@ Semantics shared by the quantization ops (those of
     out = (q - zero_point) * scale
 
 Inputs are float32, float16 or bfloat16; the math is float32 and the result has
-the input's dtype. ``scale`` is float32, finite and > 0. ``zero_point`` is int32,
+the input's dtype. ``scale`` is float32, finite and at least the smallest normal
+float32 (so that 1 / scale is finite). ``zero_point`` is int32,
 int64 or float32; a float zero point is rounded half to even and clamped to the
 range. Any ``quant_min < quant_max`` inside [-32768, 65535] works.
 
