@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # Every test: C++ (GoogleTest through ctest, plain and under ASan+UBSan), a smoke
-# run of the benchmark, and Python (pytest) with torch 2.13 and 2.14. Sets up .venv first if
+# run of the benchmark, and Python (pytest) with torch 2.13, then again built
+# against torch 2.11, 2.12 and 2.14. Sets up .venv first if
 # it is missing.
 #
 #   bash scripts/test.sh
 #
 # Q8_SKIP_SANITIZERS=1 skips the ASan+UBSan build (it compiles libq8 again).
-# Q8_ALSO_TORCH (default 2.14.1) names another torch release to build and test
-# against in its own venv (scripts/test_torch.sh); Q8_ALSO_TORCH= skips it.
+# Q8_ALSO_TORCH (default "2.11.0 2.12.0 2.14.1") names the other torch releases to
+# build and test against, each in a venv of its own (scripts/test_torch.sh, about
+# 5 GB each: the wheels are CUDA builds); Q8_ALSO_TORCH= skips them.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -38,9 +40,8 @@ python benchmarks/bench_fake_quantize.py --quick
 echo "=== Python tests (pytest) ==="
 python -m pytest tests/python -q -p no:cacheprovider
 
-ALSO_TORCH="${Q8_ALSO_TORCH-2.14.1}"
-if [ -n "$ALSO_TORCH" ]; then
-  echo "=== Python tests against torch $ALSO_TORCH (pytest) ==="
-  bash scripts/test_torch.sh "$ALSO_TORCH"
-fi
+for version in ${Q8_ALSO_TORCH-2.11.0 2.12.0 2.14.1}; do
+  echo "=== Python tests against torch $version (pytest) ==="
+  bash scripts/test_torch.sh "$version"
+done
 

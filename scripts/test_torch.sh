@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Builds q8 against another torch release in a venv of its own and runs the
-# Python tests with it. scripts/test.sh calls it for torch 2.14.1, the newest
-# release q8 supports (a CUDA build: with nvcc present, the CUDA sources in cuda/
-# compile and link here too, though nothing runs on a GPU).
+# Python tests with it. scripts/test.sh calls it for torch 2.11.0, 2.12.0 and
+# 2.14.1. Those wheels are CUDA builds: with nvcc present, the CUDA sources in
+# cuda/ compile and link here too, though nothing runs on a GPU.
 #
 #   bash scripts/test_torch.sh 2.14.1
 set -euo pipefail
