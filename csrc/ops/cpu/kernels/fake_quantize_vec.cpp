@@ -230,8 +230,11 @@ void fake_quant_run(const T* x, T* y, bool* mask, int64_t len, const float* sc, 
         par.at(jk, nk, true);
       }
       const Vec q = (v[k] * par.inv).round() + par.z;
-      // maximum/minimum propagate NaN, so a NaN input stays NaN.
-      const Vec qc = at::vec::minimum(at::vec::maximum(q, qmin), qmax);
+      // clamp(q, lo, hi) keeps a NaN q: the AVX forms are min(hi, max(lo, q)), and
+      // x86 min/max return their second operand when one is NaN; the portable form
+      // compares so that NaN falls through. Two instructions, where the IEEE
+      // maximum/minimum take four each. The NaN tests run on every family.
+      const Vec qc = at::vec::clamp(q, qmin, qmax);
       out[k] = (qc - par.z) * par.s;
       if (mask != nullptr && nk > 0) {
         store_mask(q.ge(qmin) & q.le(qmax), mask + jk, nk);
@@ -371,7 +374,7 @@ void learnable_run(const T* g, const T* x, T* dx, Sink& sink, int64_t len, const
       const Vec above = q > qmax;
       const Vec in_range = q.ge(qmin) & q.le(qmax);  // 1.0f or 0.0f; NaN is out
       dxv[k] = gv[k] * in_range;
-      const Vec qc = at::vec::minimum(at::vec::maximum(q, qmin), qmax);
+      const Vec qc = at::vec::clamp(q, qmin, qmax);
       const Vec xfq = (qc - par.z) * par.s;
       Vec dsv = gv[k] * (xfq - xv[k]) * par.inv;
       dsv = Vec::blendv(dsv, gv[k] * (qmin - par.z), below);
@@ -449,7 +452,7 @@ void quantize_run(const T* x, Q* q, int64_t len, const float* sc, const float* i
         par.at(j + k * Vec::size(), nk, true);
       }
       const Vec r = (v[k] * par.inv).round() + par.z;
-      Vec qc = at::vec::minimum(at::vec::maximum(r, qmin), qmax);
+      Vec qc = at::vec::clamp(r, qmin, qmax);
       qc = Vec::blendv(qc, par.z, qc.isnan());
       qc.store(out + k * Vec::size());
     }
