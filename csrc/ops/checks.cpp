@@ -205,3 +205,40 @@ std::optional<int64_t> check_dequantize_args(
 }
 
 } // namespace q8::detail
+
+namespace q8::detail {
+
+std::optional<int64_t> check_choose_qparams_args(
+    const char* op, const at::Tensor& input, int64_t quant_min, int64_t quant_max, std::optional<int64_t> axis) {
+  check_float_input(op, input);
+  check_quant_range(op, quant_min, quant_max);
+  return check_axis(op, input, axis);
+}
+
+void check_mask_backward_args(const char* op, const at::Tensor& grad, const at::Tensor& mask) {
+  check_float_input(op, grad);
+  TORCH_CHECK(mask.scalar_type() == at::kBool, "q8.", op, ": mask must be bool, got ", mask.scalar_type());
+  TORCH_CHECK(grad.sym_sizes() == mask.sym_sizes(), "q8.", op, ": grad and mask must have the same shape, got ",
+              grad.sym_sizes(), " and ", mask.sym_sizes());
+  check_same_device(op, grad, "grad", mask, "mask");
+}
+
+std::optional<int64_t> check_learnable_backward_args(
+    const char* op,
+    const at::Tensor& grad,
+    const at::Tensor& input,
+    const at::Tensor& scale,
+    const at::Tensor& zero_point,
+    std::optional<int64_t> axis,
+    int64_t quant_min,
+    int64_t quant_max) {
+  const auto wrapped = check_fake_quantize_args(op, input, scale, zero_point, axis, quant_min, quant_max);
+  TORCH_CHECK(grad.scalar_type() == input.scalar_type(), "q8.", op, ": grad must have input's dtype ",
+              input.scalar_type(), ", got ", grad.scalar_type());
+  TORCH_CHECK(grad.sym_sizes() == input.sym_sizes(), "q8.", op, ": grad must have input's shape ",
+              input.sym_sizes(), ", got ", grad.sym_sizes());
+  check_same_device(op, input, "input", grad, "grad");
+  return wrapped;
+}
+
+} // namespace q8::detail

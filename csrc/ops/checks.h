@@ -82,3 +82,26 @@ std::optional<int64_t> check_dequantize_args(
 std::pair<int64_t, int64_t> dequantize_zero_point_range(at::ScalarType qdtype);
 
 } // namespace q8::detail
+
+namespace q8::detail {
+
+// choose_qparams: float input, quantization range, axis. Returns the wrapped axis.
+std::optional<int64_t> check_choose_qparams_args(
+    const char* op, const at::Tensor& input, int64_t quant_min, int64_t quant_max, std::optional<int64_t> axis);
+
+// _fake_quantize_mask_backward: float grad, bool mask of grad's shape and device.
+void check_mask_backward_args(const char* op, const at::Tensor& grad, const at::Tensor& mask);
+
+// _fake_quantize_learnable_backward: the forward's checks plus grad of input's
+// dtype, shape and device. Returns the wrapped axis.
+std::optional<int64_t> check_learnable_backward_args(
+    const char* op,
+    const at::Tensor& grad,
+    const at::Tensor& input,
+    const at::Tensor& scale,
+    const at::Tensor& zero_point,
+    std::optional<int64_t> axis,
+    int64_t quant_min,
+    int64_t quant_max);
+
+} // namespace q8::detail

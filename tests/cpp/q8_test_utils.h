@@ -488,4 +488,34 @@ inline void expect_same_on_every_isa(const std::function<std::vector<at::Tensor>
   }
 }
 
+struct AxisCase {
+  std::vector<int64_t> shape;
+  int64_t axis;
+};
+
+// Every axis (positive and negative) of 3-D and 4-D shapes whose inner size
+// (product of the dims after axis) is 1, small (2..63) or large (>= 64), plus a
+// single channel.
+inline std::vector<AxisCase> axis_cases() {
+  std::vector<AxisCase> cases;
+  const std::vector<std::vector<int64_t>> shapes{
+      {3, 5, 70},     // inner 350, 70, 1
+      {2, 3, 4, 5},   // inner 60, 20, 5, 1
+      {4, 64, 3},     // inner 192, 3, 1
+      {2, 7, 64},     // inner 448, 64 (exactly the vector threshold), 1
+      {5, 63, 1},     // inner 63, 1, 1
+      {1, 5, 3},      // a single channel on axis 0
+      {3, 2, 33, 2},  // inner 132, 66, 2, 1
+      {2, 65, 1, 9},  // inner 585, 9, 9, 1 (axis of size 1)
+  };
+  for (const auto& s : shapes) {
+    const int64_t dim = static_cast<int64_t>(s.size());
+    for (int64_t a = 0; a < dim; ++a) {
+      cases.push_back({s, a});
+      cases.push_back({s, a - dim});
+    }
+  }
+  return cases;
+}
+
 }  // namespace q8_test

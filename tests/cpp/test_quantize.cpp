@@ -190,24 +190,6 @@ TEST(ChooseQparams, HugeRangesGiveFiniteScales) {
   EXPECT_EQ(s2.item<float>(), static_cast<float>(2.0 * FLT_MAX / 255.0));
 }
 
-struct AxisCase {
-  std::vector<int64_t> shape;
-  int64_t axis;
-};
-
-std::vector<AxisCase> axis_cases() {
-  std::vector<AxisCase> cases;
-  for (const auto& s : std::vector<std::vector<int64_t>>{
-           {3, 5, 70}, {2, 3, 4, 5}, {4, 64, 3}, {2, 7, 64}, {5, 63, 1}, {1, 5, 3}, {3, 2, 33, 2}}) {
-    const int64_t dim = static_cast<int64_t>(s.size());
-    for (int64_t a = 0; a < dim; ++a) {
-      cases.push_back({s, a});
-      cases.push_back({s, a - dim});
-    }
-  }
-  return cases;
-}
-
 TEST(ChooseQparams, PerChannelEveryAxis) {
   torch::manual_seed(102);
   for (const auto& c : axis_cases()) {

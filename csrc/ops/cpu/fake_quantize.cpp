@@ -64,12 +64,7 @@ std::tuple<at::Tensor, at::Tensor> fake_quantize_cachemask_cpu(
 }
 
 at::Tensor fake_quantize_mask_backward_cpu(const at::Tensor& grad, const at::Tensor& mask) {
-  detail::check_float_input("_fake_quantize_mask_backward", grad);
-  TORCH_CHECK(mask.scalar_type() == at::kBool,
-              "q8._fake_quantize_mask_backward: mask must be bool, got ", mask.scalar_type());
-  TORCH_CHECK(grad.sizes() == mask.sizes(), "q8._fake_quantize_mask_backward: grad and mask must have the same "
-              "shape, got ", grad.sizes(), " and ", mask.sizes());
-  detail::check_same_device("_fake_quantize_mask_backward", grad, "grad", mask, "mask");
+  detail::check_mask_backward_args("_fake_quantize_mask_backward", grad, mask);
   auto dx = empty_output(mask, grad.options());
   const auto g = match_layout(grad, dx);
   const auto m = match_layout(mask, dx);
@@ -89,12 +84,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> fake_quantize_learnable_backward_
     int64_t quant_min,
     int64_t quant_max) {
   const char* op = "_fake_quantize_learnable_backward";
-  const auto wrapped = detail::check_fake_quantize_args(op, input, scale, zero_point, axis, quant_min, quant_max);
-  TORCH_CHECK(grad.scalar_type() == input.scalar_type(), "q8.", op, ": grad must have input's dtype ",
-              input.scalar_type(), ", got ", grad.scalar_type());
-  TORCH_CHECK(grad.sizes() == input.sizes(), "q8.", op, ": grad must have input's shape ", input.sizes(),
-              ", got ", grad.sizes());
-  detail::check_same_device(op, input, "input", grad, "grad");
+  const auto wrapped =
+      detail::check_learnable_backward_args(op, grad, input, scale, zero_point, axis, quant_min, quant_max);
 
   const bool zero_point_grad = zero_point.is_floating_point();
   auto dx = empty_output(input, input.options());

@@ -19,9 +19,7 @@ std::tuple<at::Tensor, at::Tensor> choose_qparams_cpu(
     bool symmetric,
     std::optional<int64_t> axis) {
   const char* op = "choose_qparams";
-  detail::check_float_input(op, input);
-  detail::check_quant_range(op, quant_min, quant_max);
-  const auto wrapped = detail::check_axis(op, input, axis);
+  const auto wrapped = detail::check_choose_qparams_args(op, input, quant_min, quant_max, axis);
   const auto x = input.contiguous();
   const Layout layout = layout_of(x, wrapped);
   std::vector<int64_t> channel_of;

@@ -43,23 +43,15 @@ std::tuple<at::Tensor, at::Tensor> fake_quantize_cachemask_meta(
 }
 
 at::Tensor fake_quantize_mask_backward_meta(const at::Tensor& grad, const at::Tensor& mask) {
-  detail::check_float_input("_fake_quantize_mask_backward", grad);
-  TORCH_CHECK(mask.scalar_type() == at::kBool,
-              "q8._fake_quantize_mask_backward: mask must be bool, got ", mask.scalar_type());
-  TORCH_CHECK(grad.sym_sizes() == mask.sym_sizes(), "q8._fake_quantize_mask_backward: grad and mask must have "
-              "the same shape, got ", grad.sym_sizes(), " and ", mask.sym_sizes());
+  detail::check_mask_backward_args("_fake_quantize_mask_backward", grad, mask);
   return like(mask, grad.options());
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> fake_quantize_learnable_backward_meta(
     const at::Tensor& grad, const at::Tensor& input, const at::Tensor& scale, const at::Tensor& zero_point,
     std::optional<int64_t> axis, int64_t quant_min, int64_t quant_max) {
-  const char* op = "_fake_quantize_learnable_backward";
-  detail::check_fake_quantize_args(op, input, scale, zero_point, axis, quant_min, quant_max);
-  TORCH_CHECK(grad.scalar_type() == input.scalar_type(), "q8.", op, ": grad must have input's dtype ",
-              input.scalar_type(), ", got ", grad.scalar_type());
-  TORCH_CHECK(grad.sym_sizes() == input.sym_sizes(), "q8.", op, ": grad must have input's shape ",
-              input.sym_sizes(), ", got ", grad.sym_sizes());
+  detail::check_learnable_backward_args("_fake_quantize_learnable_backward", grad, input, scale, zero_point, axis,
+                                        quant_min, quant_max);
   return {like(input, input.scalar_type()), at::empty_symint(scale.sym_sizes(), scale.options().dtype(at::kFloat)),
           at::empty_symint(zero_point.sym_sizes(), zero_point.options().dtype(at::kFloat))};
 }

@@ -10,9 +10,7 @@ namespace {
 std::tuple<at::Tensor, at::Tensor> choose_qparams_meta(
     const at::Tensor& input, int64_t quant_min, int64_t quant_max, bool symmetric, std::optional<int64_t> axis) {
   const char* op = "choose_qparams";
-  detail::check_float_input(op, input);
-  detail::check_quant_range(op, quant_min, quant_max);
-  const auto wrapped = detail::check_axis(op, input, axis);
+  const auto wrapped = detail::check_choose_qparams_args(op, input, quant_min, quant_max, axis);
   std::vector<c10::SymInt> shape;
   if (wrapped.has_value()) {
     shape.push_back(input.sym_size(*wrapped));
