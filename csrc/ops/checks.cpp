@@ -1,4 +1,5 @@
 #include "checks.h"
+#include "packed_weight.h"
 
 #include <cfloat>
 #include <cmath>
@@ -239,6 +240,113 @@ std::optional<int64_t> check_learnable_backward_args(
               input.sym_sizes(), ", got ", grad.sym_sizes());
   check_same_device(op, input, "input", grad, "grad");
   return wrapped;
+}
+
+} // namespace q8::detail
+
+namespace q8::detail {
+
+void check_quantize_weight_args(const char* op, const at::Tensor& weight) {
+  TORCH_CHECK(weight.defined(), "q8.", op, ": weight must be a defined tensor");
+  const auto dt = weight.scalar_type();
+  TORCH_CHECK(dt == at::kFloat || dt == at::kHalf || dt == at::kBFloat16,
+              "q8.", op, ": weight must be float32, float16 or bfloat16, got ", dt);
+  TORCH_CHECK(weight.dim() == 2, "q8.", op, ": weight must be 2-D [out_features, in_features], got shape ",
+              weight.sym_sizes());
+}
+
+void check_pack_weight_args(const char* op, const at::Tensor& weight_int8) {
+  TORCH_CHECK(weight_int8.defined(), "q8.", op, ": weight_int8 must be a defined tensor");
+  TORCH_CHECK(weight_int8.scalar_type() == at::kChar, "q8.", op, ": weight_int8 must be int8, got ",
+              weight_int8.scalar_type());
+  TORCH_CHECK(weight_int8.dim() == 2, "q8.", op, ": weight_int8 must be 2-D [out_features, in_features], got shape ",
+              weight_int8.sym_sizes());
+  TORCH_CHECK(weight_int8.sym_size(1) <= kMaxPackedK, "q8.", op, ": in_features must be at most ", kMaxPackedK,
+              " (row sums are int32), got ", weight_int8.sym_size(1));
+  TORCH_CHECK(weight_int8.sym_size(0) < (int64_t{1} << 31), "q8.", op, ": out_features must be below 2^31, got ",
+              weight_int8.sym_size(0));
+}
+
+void check_packed_container(const char* op, const at::Tensor& packed_weight) {
+  TORCH_CHECK(packed_weight.defined(), "q8.", op, ": packed_weight must be a defined tensor");
+  TORCH_CHECK(packed_weight.scalar_type() == at::kByte && packed_weight.dim() == 1,
+              "q8.", op, ": packed_weight must be a 1-D uint8 tensor made by q8.pack_weight, got ",
+              packed_weight.scalar_type(), " of shape ", packed_weight.sym_sizes());
+}
+
+void check_int8_mm_args(const char* op, const at::Tensor& input, const at::Tensor& packed_weight,
+                        const c10::SymInt& out_features, const std::optional<at::Tensor>& input_zero_point) {
+  TORCH_CHECK(input.defined(), "q8.", op, ": input must be a defined tensor");
+  TORCH_CHECK(input.scalar_type() == at::kByte, "q8.", op, ": input must be uint8, got ", input.scalar_type());
+  TORCH_CHECK(input.dim() == 2, "q8.", op, ": input must be 2-D [M, K], got shape ", input.sym_sizes());
+  check_packed_container(op, packed_weight);
+  check_same_device(op, input, "input", packed_weight, "packed_weight");
+  TORCH_CHECK(out_features >= 0, "q8.", op, ": out_features must be >= 0, got ", out_features);
+  if (input_zero_point.has_value()) {
+    const auto& z = *input_zero_point;
+    TORCH_CHECK(z.scalar_type() == at::kInt || z.scalar_type() == at::kLong,
+                "q8.", op, ": input_zero_point must be int32 or int64, got ", z.scalar_type());
+    check_same_device(op, input, "input", z, "input_zero_point");
+    TORCH_CHECK(z.sym_numel() == 1 || (z.dim() == 1 && z.sym_size(0) == input.sym_size(0)),
+                "q8.", op, ": input_zero_point must have one element or one per row of input (",
+                input.sym_size(0), "), got shape ", z.sym_sizes());
+  }
+}
+
+LinearMode check_linear_args(const char* op, const at::Tensor& input, const at::Tensor& packed_weight,
+                             const at::Tensor& weight_scale, const std::optional<at::Tensor>& bias,
+                             c10::string_view activation, const std::optional<at::Tensor>& input_scale,
+                             const std::optional<at::Tensor>& input_zero_point) {
+  check_float_input(op, input);
+  TORCH_CHECK(input.dim() >= 1, "q8.", op, ": input must have at least 1 dimension [..., in_features], got a 0-dim tensor");
+  check_packed_container(op, packed_weight);
+  check_same_device(op, input, "input", packed_weight, "packed_weight");
+  TORCH_CHECK(weight_scale.defined(), "q8.", op, ": weight_scale must be a defined tensor");
+  TORCH_CHECK(weight_scale.scalar_type() == at::kFloat && weight_scale.dim() == 1,
+              "q8.", op, ": weight_scale must be a 1-D float32 tensor [out_features], got ",
+              weight_scale.scalar_type(), " of shape ", weight_scale.sym_sizes());
+  check_same_device(op, input, "input", weight_scale, "weight_scale");
+  if (bias.has_value()) {
+    const auto& b = *bias;
+    TORCH_CHECK(b.scalar_type() == at::kFloat || b.scalar_type() == input.scalar_type(),
+                "q8.", op, ": bias must be float32 or the input's dtype (", input.scalar_type(), "), got ",
+                b.scalar_type());
+    TORCH_CHECK(b.dim() == 1 && b.sym_size(0) == weight_scale.sym_size(0),
+                "q8.", op, ": bias must be 1-D with out_features = ", weight_scale.sym_size(0),
+                " elements, got shape ", b.sym_sizes());
+    check_same_device(op, input, "input", b, "bias");
+  }
+  LinearMode mode;
+  if (activation == "dynamic") {
+    mode = LinearMode::Dynamic;
+  } else if (activation == "static") {
+    mode = LinearMode::Static;
+  } else if (activation == "weight_only") {
+    mode = LinearMode::WeightOnly;
+  } else {
+    TORCH_CHECK(false, "q8.", op, ": activation must be 'dynamic', 'static' or 'weight_only', got '",
+                std::string(activation), "'");
+  }
+  if (mode == LinearMode::Static) {
+    TORCH_CHECK(input_scale.has_value() && input_zero_point.has_value(),
+                "q8.", op, ": activation='static' needs the calibrated input_scale and input_zero_point, got ",
+                input_scale.has_value() ? "input_scale only" : (input_zero_point.has_value() ? "input_zero_point only" : "neither"));
+    const auto& s = *input_scale;
+    const auto& z = *input_zero_point;
+    TORCH_CHECK(s.scalar_type() == at::kFloat && s.sym_numel() == 1,
+                "q8.", op, ": input_scale must be a float32 tensor with one element, got ", s.scalar_type(),
+                " of shape ", s.sym_sizes());
+    TORCH_CHECK((z.scalar_type() == at::kInt || z.scalar_type() == at::kLong) && z.sym_numel() == 1,
+                "q8.", op, ": input_zero_point must be an int32 or int64 tensor with one element, got ",
+                z.scalar_type(), " of shape ", z.sym_sizes());
+    check_same_device(op, input, "input", s, "input_scale");
+    check_same_device(op, input, "input", z, "input_zero_point");
+  } else {
+    TORCH_CHECK(!input_scale.has_value() && !input_zero_point.has_value(),
+                "q8.", op, ": input_scale and input_zero_point are only used with activation='static', got them with '",
+                std::string(activation), "'");
+  }
+  return mode;
 }
 
 } // namespace q8::detail

@@ -8,6 +8,7 @@
 #include <optional>
 
 #include <ATen/core/Tensor.h>
+#include <c10/util/string_view.h>
 
 namespace q8::detail {
 
@@ -103,5 +104,35 @@ std::optional<int64_t> check_learnable_backward_args(
     std::optional<int64_t> axis,
     int64_t quant_min,
     int64_t quant_max);
+
+} // namespace q8::detail
+
+namespace q8::detail {
+
+// The activation modes of q8.linear.
+enum class LinearMode { Dynamic, Static, WeightOnly };
+
+// quantize_weight: a defined 2-D float32 / float16 / bfloat16 weight.
+void check_quantize_weight_args(const char* op, const at::Tensor& weight);
+
+// pack_weight: a 2-D int8 weight with K <= kMaxPackedK and N < 2^31.
+void check_pack_weight_args(const char* op, const at::Tensor& weight_int8);
+
+// The packed tensor's container: defined, 1-D, uint8.
+void check_packed_container(const char* op, const at::Tensor& packed_weight);
+
+// int8_mm: input uint8 [M, K]; out_features >= 0; input_zero_point int32 / int64
+// with one or M elements; everything on input's device.
+void check_int8_mm_args(const char* op, const at::Tensor& input, const at::Tensor& packed_weight,
+                        const c10::SymInt& out_features, const std::optional<at::Tensor>& input_zero_point);
+
+// linear: input float [..., K] (at least 1-D); weight_scale float32 [N]; bias [N]
+// in float32 or input's dtype; activation one of "dynamic", "static",
+// "weight_only"; input_scale (float32) and input_zero_point (int32 / int64), one
+// element each, given exactly in static mode; everything on input's device.
+LinearMode check_linear_args(const char* op, const at::Tensor& input, const at::Tensor& packed_weight,
+                             const at::Tensor& weight_scale, const std::optional<at::Tensor>& bias,
+                             c10::string_view activation, const std::optional<at::Tensor>& input_scale,
+                             const std::optional<at::Tensor>& input_zero_point);
 
 } // namespace q8::detail

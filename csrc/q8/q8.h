@@ -10,9 +10,12 @@
 
 #include <cstdint>
 #include <optional>
+#include <string>
 #include <tuple>
+#include <vector>
 
 #include <ATen/core/Tensor.h>
+#include <c10/util/string_view.h>
 
 #if defined(_WIN32)
 #define Q8_API __declspec(dllexport)
@@ -79,11 +82,50 @@ Q8_API at::Tensor dequantize(
     std::optional<int64_t> axis,
     at::ScalarType dtype = at::kFloat);
 
-// The CPU kernel family in use: "avx512", "avx2" or "default" (portable).
-// Q8_CPU_ISA=<name> in the environment, or set_cpu_isa(), forces a lower one;
-// every family gives bit-identical results.
+// ---------------------------------------------------------------------------
+// Int8 linear layers
+// ---------------------------------------------------------------------------
+// The canonical int8 weight: symmetric per output channel, codes in [-127, 127],
+//   weight_scale[n] = max(max_k |w[n][k]| / 127, float32 eps)
+//   weight_int8[n]  = clamp(nearbyint(w[n] * (1 / weight_scale[n])), -127, 127).
+// weight: float32 / float16 / bfloat16 [N, K], finite.
+Q8_API std::tuple<at::Tensor, at::Tensor> quantize_weight(const at::Tensor& weight);
+
+// The layout of the device's int8 kernels (a 1-D uint8 tensor with a
+// self-describing header); rebuilt from weight_int8, never saved.
+Q8_API at::Tensor pack_weight(const at::Tensor& weight_int8);
+
+// The exact canonical weight of a packed one (N and K must match its header).
+Q8_API at::Tensor unpack_weight(const at::Tensor& packed_weight, int64_t out_features, int64_t in_features);
+
+// Exact integer GEMM: out[m][n] = sum_k (input[m][k] - zp[m]) * weight_int8[n][k],
+// int64 [M, N]; input uint8 [M, K]; zp int32/int64, one element or [M], default 0.
+Q8_API at::Tensor int8_mm(
+    const at::Tensor& input,
+    const at::Tensor& packed_weight,
+    int64_t out_features,
+    const std::optional<at::Tensor>& input_zero_point = std::nullopt);
+
+// y = input . (weight_int8 . diag(weight_scale))^T + bias, in input's dtype.
+// activation: "dynamic" (per-row uint8 activations quantized at run time),
+// "static" (one calibrated input_scale / input_zero_point, zero point in [0, 255])
+// or "weight_only" (float activations, int8 weights converted in the kernel).
+Q8_API at::Tensor linear(
+    const at::Tensor& input,
+    const at::Tensor& packed_weight,
+    const at::Tensor& weight_scale,
+    const std::optional<at::Tensor>& bias = std::nullopt,
+    c10::string_view activation = "dynamic",
+    const std::optional<at::Tensor>& input_scale = std::nullopt,
+    const std::optional<at::Tensor>& input_zero_point = std::nullopt);
+
+// The CPU kernel family in use: "avx512_vnni", "avx512", "avx_vnni", "avx2" or
+// "default" (portable). Q8_CPU_ISA=<name> in the environment, or set_cpu_isa(),
+// forces another one this CPU supports (cpu_isas()); every family gives
+// bit-identical results (the weight-only linear, a float sum, excepted).
 Q8_API const char* cpu_isa();
 Q8_API void set_cpu_isa(const char* name);
+Q8_API std::vector<std::string> cpu_isas();
 
 // Called by the inline variable below, so that any program that includes this
 // header links libq8 and so runs its operator registrations.

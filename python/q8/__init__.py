@@ -43,22 +43,41 @@ def _load_library():
 
 _load_library()
 
+# Imported before .ops on purpose: importing the submodule q8.quantize binds the
+# package attribute `quantize` to that submodule; the `quantize` op imported from
+# .ops below must be the one that stays bound to q8.quantize.
+from . import nn  # noqa: E402
+from .quantize import quantize_dynamic  # noqa: E402
 from .ops import (  # noqa: E402
     choose_qparams,
     cpu_isa,
+    cpu_isas,
     dequantize,
     fake_quantize_per_channel,
     fake_quantize_per_tensor,
+    int8_mm,
+    linear,
+    pack_weight,
     quantize,
+    quantize_weight,
     set_cpu_isa,
+    unpack_weight,
 )
 
 __all__ = [
     "choose_qparams",
     "cpu_isa",
+    "cpu_isas",
     "dequantize",
     "fake_quantize_per_channel",
     "fake_quantize_per_tensor",
+    "int8_mm",
+    "linear",
+    "nn",
+    "pack_weight",
     "quantize",
+    "quantize_dynamic",
+    "quantize_weight",
     "set_cpu_isa",
+    "unpack_weight",
 ]

@@ -19,7 +19,7 @@ range. Any ``quant_min < quant_max`` inside [-32768, 65535] works.
 Non-finite values: NaN stays NaN in fake-quant output (with a zero input
 gradient); +-Inf clamps to quant_max / quant_min like any large value.
 """
-from typing import Optional, Tuple
+from typing import List, Optional, Tuple
 
 import torch
 from torch import Tensor
@@ -30,7 +30,13 @@ __all__ = [
     "choose_qparams",
     "quantize",
     "dequantize",
+    "quantize_weight",
+    "pack_weight",
+    "unpack_weight",
+    "int8_mm",
+    "linear",
     "cpu_isa",
+    "cpu_isas",
     "set_cpu_isa",
 ]
 
@@ -105,9 +111,95 @@ def dequantize(
     return torch.ops.q8.dequantize(input, scale, zero_point, axis, dtype)
 
 
+def quantize_weight(weight: Tensor) -> Tuple[Tensor, Tensor]:
+    """Quantize a float weight ``[N, K]`` to q8's canonical int8 form.
+
+    Symmetric, one scale per output channel (row), codes in ``[-127, 127]``::
+
+        weight_scale[n] = max(max_k |weight[n, k]| / 127, float32 eps)
+        weight_int8[n]  = clamp(nearbyint(weight[n] * (1 / weight_scale[n])), -127, 127)
+
+    which is ``quantize(w, *choose_qparams(w, -127, 127, True, 0), 0, -127, 127, torch.int8)``.
+    -128 is left unused so that the range is symmetric (``-w`` quantizes to ``-q``).
+    The weight must be finite. Returns ``(weight_int8 int8 [N, K], weight_scale float32 [N])``.
+    """
+    return torch.ops.q8.quantize_weight(weight)
+
+
+def pack_weight(weight_int8: Tensor) -> Tensor:
+    """Pack an int8 weight ``[N, K]`` into the layout of its device's int8 kernels.
+
+    The result is a plain 1-D uint8 tensor: a self-describing header (format
+    version, device layout, N, K, checksum) followed by the weights in the
+    kernel's blocked layout and the per-row sums the kernels need. It is rebuilt
+    from the canonical form, never saved: :func:`unpack_weight` inverts it exactly.
+    """
+    return torch.ops.q8.pack_weight(weight_int8)
+
+
+def unpack_weight(packed_weight: Tensor, out_features: int, in_features: int) -> Tensor:
+    """The canonical int8 weight ``[N, K]`` of a packed weight (exact; verifies the whole tensor).
+
+    ``out_features`` (N) and ``in_features`` (K) must match the packed header: they
+    give the output shape without reading data (torch.compile / torch.export).
+    """
+    return torch.ops.q8.unpack_weight(packed_weight, out_features, in_features)
+
+
+def int8_mm(
+    input: Tensor, packed_weight: Tensor, out_features: int, input_zero_point: Optional[Tensor] = None
+) -> Tensor:
+    """Exact integer GEMM: ``out[m, n] = sum_k (input[m, k] - zp[m]) * weight_int8[n, k]`` as int64.
+
+    ``input`` is uint8 ``[M, K]``; ``out_features`` (N) must match the packed weight;
+    ``input_zero_point`` (int32/int64, one element or
+    ``[M]``, values in [0, 255]) defaults to 0. Exact for any K (the kernels sum
+    int32 partial products in chunks that cannot overflow, then in int64).
+    """
+    return torch.ops.q8.int8_mm(input, packed_weight, out_features, input_zero_point)
+
+
+def linear(
+    input: Tensor,
+    packed_weight: Tensor,
+    weight_scale: Tensor,
+    bias: Optional[Tensor] = None,
+    activation: str = "dynamic",
+    input_scale: Optional[Tensor] = None,
+    input_zero_point: Optional[Tensor] = None,
+) -> Tensor:
+    """``input · (weight_int8 · diag(weight_scale))ᵀ + bias`` with int8 weights.
+
+    ``input`` is ``[..., K]`` float32, bfloat16 or float16; the result ``[..., N]``
+    has its dtype. ``bias`` (``[N]``) is float32 or the input's dtype. Modes:
+
+    * ``"dynamic"``: each row of ``input`` is quantized at run time to asymmetric
+      uint8, its scale and zero point from the row's min/max (``choose_qparams(row,
+      0, 255)``); uint8 x int8 products accumulate exactly in integers, and the
+      dequantization and bias are fused into the kernel's epilogue.
+    * ``"static"``: as dynamic, with one calibrated ``input_scale`` (float32) and
+      ``input_zero_point`` (int, in [0, 255]) for the whole tensor.
+    * ``"weight_only"``: ``input`` stays float; the int8 weights are converted to
+      float32 inside the kernel.
+
+    In the int8 modes, a row of ``input`` holding NaN or +-Inf gives a row of NaN.
+    """
+    return torch.ops.q8.linear(input, packed_weight, weight_scale, bias, activation, input_scale, input_zero_point)
+
+
 def cpu_isa() -> str:
-    """The CPU kernel family in use: ``"avx512"``, ``"avx2"`` or ``"default"`` (portable)."""
+    """The CPU kernel family in use: ``"avx512_vnni"``, ``"avx512"``, ``"avx_vnni"``, ``"avx2"`` or ``"default"``.
+
+    ``default`` is the portable C++ path. The int8 GEMM uses 512-bit VNNI
+    (``vpdpbusd``) under ``avx512_vnni``, 256-bit VNNI under ``avx_vnni``, exact
+    int16 multiply-adds under ``avx512``/``avx2``, and plain C++ under ``default``.
+    """
     return torch.ops.q8._get_cpu_isa()
+
+
+def cpu_isas() -> List[str]:
+    """Every CPU kernel family this CPU supports, best first (``set_cpu_isa`` accepts any of them)."""
+    return torch.ops.q8._supported_cpu_isas()
 
 
 def set_cpu_isa(isa: str) -> str:

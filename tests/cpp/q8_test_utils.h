@@ -65,23 +65,9 @@ class IsaGuard {
   std::string saved_;
 };
 
-inline int isa_rank(const std::string& name) {
-  if (name == "avx512") return 2;
-  if (name == "avx2") return 1;
-  return 0;
-}
-
-// The families this CPU supports, best first: every family at or below the one
-// q8::cpu_isa() reports at start (the best one, unless Q8_CPU_ISA forced a lower one).
+// The families this CPU supports, best first.
 inline std::vector<std::string> supported_isas() {
-  std::vector<std::string> out;
-  const int best = isa_rank(q8::cpu_isa());
-  for (const char* name : {"avx512", "avx2", "default"}) {
-    if (isa_rank(name) <= best) {
-      out.emplace_back(name);
-    }
-  }
-  return out;
+  return q8::cpu_isas();
 }
 
 // ---------------------------------------------------------------------------

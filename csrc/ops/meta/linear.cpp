@@ -1,0 +1,59 @@
+// Meta (fake) kernels of the int8 linear family: shapes and dtypes only, with
+// symbolic sizes; the same argument checks as the device kernels.
+#include <ATen/ATen.h>
+#include <torch/library.h>
+
+#include "../checks.h"
+
+namespace q8::meta {
+namespace {
+
+std::tuple<at::Tensor, at::Tensor> quantize_weight_meta(const at::Tensor& weight) {
+  detail::check_quantize_weight_args("quantize_weight", weight);
+  return {at::empty_symint(weight.sym_sizes(), weight.options().dtype(at::kChar)),
+          at::empty_symint({weight.sym_size(0)}, weight.options().dtype(at::kFloat))};
+}
+
+at::Tensor pack_weight_meta(const at::Tensor& weight_int8) {
+  detail::check_pack_weight_args("pack_weight", weight_int8);
+  // The CPU layout's size (packed_weight.h): header, 64 bytes per (panel, group), row sums.
+  const c10::SymInt panels = (weight_int8.sym_size(0) + 15) / 16;
+  const c10::SymInt groups = (weight_int8.sym_size(1) + 3) / 4;
+  const c10::SymInt total = panels * groups * 64 + panels * 64 + 64;
+  return at::empty_symint({total}, weight_int8.options().dtype(at::kByte));
+}
+
+at::Tensor unpack_weight_meta(const at::Tensor& packed, c10::SymInt out_features, c10::SymInt in_features) {
+  detail::check_packed_container("unpack_weight", packed);
+  TORCH_CHECK(out_features >= 0 && in_features >= 0, "q8.unpack_weight: out_features and in_features must be >= 0, got ",
+              out_features, " and ", in_features);
+  return at::empty_symint({out_features, in_features}, packed.options().dtype(at::kChar));
+}
+
+at::Tensor int8_mm_meta(const at::Tensor& input, const at::Tensor& packed, c10::SymInt out_features,
+                        const std::optional<at::Tensor>& input_zero_point) {
+  detail::check_int8_mm_args("int8_mm", input, packed, out_features, input_zero_point);
+  return at::empty_symint({input.sym_size(0), out_features}, input.options().dtype(at::kLong));
+}
+
+at::Tensor linear_meta(const at::Tensor& input, const at::Tensor& packed, const at::Tensor& weight_scale,
+                       const std::optional<at::Tensor>& bias, c10::string_view activation,
+                       const std::optional<at::Tensor>& input_scale,
+                       const std::optional<at::Tensor>& input_zero_point) {
+  detail::check_linear_args("linear", input, packed, weight_scale, bias, activation, input_scale, input_zero_point);
+  auto sizes = input.sym_sizes().vec();
+  sizes.back() = weight_scale.sym_size(0);
+  return at::empty_symint(sizes, input.options());
+}
+
+} // namespace
+
+TORCH_LIBRARY_IMPL(q8, Meta, m) {
+  m.impl("quantize_weight", &quantize_weight_meta);
+  m.impl("pack_weight", &pack_weight_meta);
+  m.impl("unpack_weight", &unpack_weight_meta);
+  m.impl("int8_mm", &int8_mm_meta);
+  m.impl("linear", &linear_meta);
+}
+
+} // namespace q8::meta
