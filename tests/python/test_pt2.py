@@ -56,6 +56,26 @@ def sample_inputs(device, requires_grad):
         (OPS.dequantize.default, (torch.randint(-128, 128, (7, 9), dtype=torch.int8, device=device), s_(), zi(), None, torch.float32)),
         (OPS.dequantize.default, (torch.randint(0, 255, (7, 9), dtype=torch.int32, device=device), s_(7), zi(7), 0, torch.bfloat16)),
     ]
+    # The int8 linear family (inference ops: backward raises, so no requires_grad samples).
+    w = torch.randn(19, 37, device=device)
+    w8, ws = q8.quantize_weight(w)
+    packed = q8.pack_weight(w8)
+    u8 = torch.randint(0, 256, (5, 37), dtype=torch.uint8, device=device)
+    samples += [
+        (OPS.quantize_weight.default, (x_(19, 37, rg=False),)),
+        (OPS.quantize_weight.default, (x_(4, 8, dtype=torch.bfloat16, rg=False),)),
+        (OPS.pack_weight.default, (w8,)),
+        (OPS.pack_weight.default, (w8[:, :16].t(),)),
+        (OPS.unpack_weight.default, (packed, 19, 37)),
+        (OPS.int8_mm.default, (u8, packed, 19, None)),
+        (OPS.int8_mm.default, (u8, packed, 19, torch.randint(0, 256, (5,), dtype=torch.int32, device=device))),
+        (OPS.linear.default, (x_(3, 5, 37, rg=False), packed, ws, torch.randn(19, device=device), "dynamic", None, None)),
+        (OPS.linear.default, (x_(6, 37, dtype=torch.bfloat16, rg=False), packed, ws, None, "dynamic", None, None)),
+        (OPS.linear.default, (x_(37, dtype=torch.float16, rg=False), packed, ws, torch.randn(19, device=device).half(),
+                              "weight_only", None, None)),
+        (OPS.linear.default, (x_(4, 37, rg=False), packed, ws, None, "static",
+                              torch.tensor(0.05, device=device), torch.tensor(128, dtype=torch.int32, device=device))),
+    ]
     return samples
 
 
@@ -73,14 +93,16 @@ def test_opcheck_every_op(device, requires_grad):
         seen.add(op._name)
     if not requires_grad:
         # Every op of the namespace but the ISA switches is covered.
-        all_ops = {f"q8::{n}" for n in dir(OPS) if not n.startswith("__") and not n.endswith("cpu_isa")
+        utilities = {"_get_cpu_isa", "_set_cpu_isa", "_supported_cpu_isas", "_cpu_peak_gops"}
+        all_ops = {f"q8::{n}" for n in dir(OPS) if not n.startswith("__") and n not in utilities
                    and isinstance(getattr(OPS, n), torch._ops.OpOverloadPacket)}
         assert all_ops <= seen, all_ops - seen
 
 
 def test_ops_carry_pt2_compliant_tag():
     for name in ["fake_quantize_per_tensor", "fake_quantize_per_channel", "choose_qparams", "quantize", "dequantize",
-                 "_fake_quantize_cachemask", "_fake_quantize_mask_backward", "_fake_quantize_learnable_backward"]:
+                 "_fake_quantize_cachemask", "_fake_quantize_mask_backward", "_fake_quantize_learnable_backward",
+                 "quantize_weight", "pack_weight", "unpack_weight", "int8_mm", "linear"]:
         assert torch.Tag.pt2_compliant_tag in getattr(OPS, name).default.tags, name
 
 

@@ -11,7 +11,7 @@ namespace {
 // vpdpbusd (VEX) through inline asm: see int8_gemm_avx512_vnni.cpp (GCC 12
 // otherwise copies the accumulators through the stack on every iteration).
 inline __m256i dpbusd(__m256i acc, __m256i a, __m256i b) {
-  asm("{vex} vpdpbusd %2, %1, %0" : "+x"(acc) : "x"(a), "x"(b));
+  asm("%{vex%} vpdpbusd %2, %1, %0" : "+x"(acc) : "x"(a), "x"(b));
   return acc;
 }
 
