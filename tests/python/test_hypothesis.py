@@ -80,3 +80,60 @@ def test_choose_qparams_valid_and_matches_reference(p, symmetric):
     assert_same(z, ez)
     assert torch.all(torch.isfinite(s)) and torch.all(s > 0)
     assert torch.all((z >= qmin) & (z <= qmax))
+
+
+# ---------------------------------------------------------------------------
+# Int8 linear: exact integer GEMM and the per-row quantized linear.
+# ---------------------------------------------------------------------------
+@st.composite
+def gemm_problem(draw):
+    m, k, n = draw(st.integers(0, 14)), draw(st.integers(0, 80)), draw(st.integers(0, 40))
+    w = torch.tensor(draw(st.lists(st.integers(-128, 127), min_size=n * k, max_size=n * k)), dtype=torch.int8)
+    a = torch.tensor(draw(st.lists(st.sampled_from([0, 1, 127, 128, 254, 255]) | st.integers(0, 255),
+                                   min_size=m * k, max_size=m * k)), dtype=torch.uint8)
+    zp = torch.tensor(draw(st.lists(st.integers(0, 255), min_size=m, max_size=m)), dtype=torch.int32)
+    return a.reshape(m, k), w.reshape(n, k), zp
+
+
+@given(gemm_problem(), st.sampled_from(q8.cpu_isas()))
+@settings(**SETTINGS)
+def test_int8_mm_is_exact(problem, isa):
+    a, w, zp = problem
+    best = q8.set_cpu_isa(isa)
+    try:
+        got = q8.int8_mm(a, q8.pack_weight(w), w.shape[0], zp)
+    finally:
+        q8.set_cpu_isa(best)
+    assert_same(got, (a.long() - zp.long()[:, None]) @ w.long().t())
+
+
+@st.composite
+def linear_input(draw):
+    m, k = draw(st.integers(1, 9)), draw(st.integers(1, 70))
+    values = draw(st.lists(finite_or_special, min_size=m * k, max_size=m * k))
+    return torch.tensor(values, dtype=torch.float32).reshape(m, k)
+
+
+@given(linear_input(), st.integers(1, 33), st.sampled_from(q8.cpu_isas()))
+@settings(**SETTINGS)
+def test_dynamic_linear_matches_integer_reference(x, n, isa):
+    k = x.shape[1]
+    w8, ws = q8.quantize_weight(torch.randn(n, k))
+    best = q8.set_cpu_isa(isa)
+    try:
+        y = q8.linear(x, q8.pack_weight(w8), ws)
+    finally:
+        q8.set_cpu_isa(best)
+    bad = ~x.isfinite().all(1)
+    assert y[bad].isnan().all()
+    if (~bad).any():
+        xg = x[~bad]
+        s, z = q8.choose_qparams(xg, 0, 255, False, 0)
+        xq = q8.quantize(xg, s, z, 0, 0, 255, torch.uint8)
+        acc = ((xq.long() - z.long()[:, None]) @ w8.long().t()).double()
+        ref = acc * s.double()[:, None] * ws.double()
+        # Beyond float32's range the output is +-inf, as float32 F.linear's would be.
+        over = ref.float().isinf()
+        assert_same(y[~bad][over], ref.float()[over])
+        err = (y[~bad].double() - ref).abs()[~over]
+        assert (err <= 2e-6 * (ref.abs()[~over] + ref.abs()[~over].mean() + 1e-30)).all(), err.max()
