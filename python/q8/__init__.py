@@ -43,11 +43,10 @@ def _load_library():
 
 _load_library()
 
-# Imported before .ops on purpose: importing the submodule q8.quantize binds the
-# package attribute `quantize` to that submodule; the `quantize` op imported from
-# .ops below must be the one that stays bound to q8.quantize.
+# The workflow lives in q8.quantization (not q8/quantize.py: that submodule would
+# shadow the q8.quantize op).
 from . import nn  # noqa: E402
-from .quantize import quantize_dynamic  # noqa: E402
+from .quantization import quantize_dynamic  # noqa: E402
 from .ops import (  # noqa: E402
     choose_qparams,
     cpu_isa,
