@@ -19,6 +19,16 @@ CpuPackedSizes cpu_packed_sizes(int64_t n, int64_t k) {
   return s;
 }
 
+CudaPackedSizes cuda_packed_sizes(int64_t n, int64_t k) {
+  CudaPackedSizes s{};
+  s.n16 = (n + 15) / 16 * 16;
+  s.k16 = (k + 15) / 16 * 16;
+  s.weight_offset = kCudaPackHeaderBytes;
+  s.rowsum_offset = s.weight_offset + s.n16 * s.k16;
+  s.total_bytes = s.rowsum_offset + s.n16 * 4;
+  return s;
+}
+
 uint64_t packed_checksum(const PackedHeader& header, const uint8_t* rowsums, int64_t rowsum_bytes) {
   PackedHeader h = header;
   h.checksum = 0;
@@ -46,6 +56,8 @@ const char* layout_name(uint32_t layout) {
   switch (layout) {
     case static_cast<uint32_t>(PackLayout::CpuPanel16x4):
       return "cpu";
+    case static_cast<uint32_t>(PackLayout::CudaRowMajor):
+      return "cuda";
     default:
       return "unknown";
   }

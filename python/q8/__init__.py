@@ -43,6 +43,8 @@ def _load_library():
 
 _load_library()
 
+from . import _fake  # noqa: E402,F401  (device-aware fake kernels)
+
 # The workflow lives in q8.quantization (not q8/quantize.py: that submodule would
 # shadow the q8.quantize op).
 from . import nn  # noqa: E402

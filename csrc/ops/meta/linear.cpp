@@ -1,5 +1,7 @@
 // Meta (fake) kernels of the int8 linear family: shapes and dtypes only, with
-// symbolic sizes; the same argument checks as the device kernels.
+// symbolic sizes; the same argument checks as the device kernels. pack_weight's
+// fake kernel is in python/q8/_fake.py: its size depends on the device's packed
+// layout, which a Meta kernel cannot see.
 #include <ATen/ATen.h>
 #include <torch/library.h>
 
@@ -12,15 +14,6 @@ std::tuple<at::Tensor, at::Tensor> quantize_weight_meta(const at::Tensor& weight
   detail::check_quantize_weight_args("quantize_weight", weight);
   return {at::empty_symint(weight.sym_sizes(), weight.options().dtype(at::kChar)),
           at::empty_symint({weight.sym_size(0)}, weight.options().dtype(at::kFloat))};
-}
-
-at::Tensor pack_weight_meta(const at::Tensor& weight_int8) {
-  detail::check_pack_weight_args("pack_weight", weight_int8);
-  // The CPU layout's size (packed_weight.h): header, 64 bytes per (panel, group), row sums.
-  const c10::SymInt panels = (weight_int8.sym_size(0) + 15) / 16;
-  const c10::SymInt groups = (weight_int8.sym_size(1) + 3) / 4;
-  const c10::SymInt total = panels * groups * 64 + panels * 64 + 64;
-  return at::empty_symint({total}, weight_int8.options().dtype(at::kByte));
 }
 
 at::Tensor unpack_weight_meta(const at::Tensor& packed, c10::SymInt out_features, c10::SymInt in_features) {
@@ -50,7 +43,6 @@ at::Tensor linear_meta(const at::Tensor& input, const at::Tensor& packed, const 
 
 TORCH_LIBRARY_IMPL(q8, Meta, m) {
   m.impl("quantize_weight", &quantize_weight_meta);
-  m.impl("pack_weight", &pack_weight_meta);
   m.impl("unpack_weight", &unpack_weight_meta);
   m.impl("int8_mm", &int8_mm_meta);
   m.impl("linear", &linear_meta);
