@@ -1,0 +1,89 @@
+"""Calls every q8 op once on CUDA with small, odd-sized inputs and checks it against
+the CPU. Small enough to run under compute-sanitizer (scripts/gpu_check.sh):
+
+    compute-sanitizer --tool memcheck --error-exitcode 1 python scripts/cuda_smoke.py
+"""
+import sys
+
+import torch
+
+import q8
+
+
+def same(a, b, what):
+    a, b = a.cpu(), b.cpu()
+    if a.dtype.is_floating_point:
+        ok = torch.equal(a.isnan(), b.isnan()) and torch.equal(a.nan_to_num(), b.nan_to_num())
+    else:
+        ok = torch.equal(a, b)
+    if not ok:
+        print(f"MISMATCH {what}", file=sys.stderr)
+    return ok
+
+
+def close(a, b, what, rtol=1e-4, atol=1e-4):
+    ok = torch.allclose(a.cpu().float(), b.cpu().float(), rtol=rtol, atol=atol, equal_nan=True)
+    if not ok:
+        print(f"MISMATCH {what}: max diff {(a.cpu().float() - b.cpu().float()).abs().max()}", file=sys.stderr)
+    return ok
+
+
+def main():
+    if not torch.cuda.is_available():
+        print("no CUDA device")
+        return 0
+    torch.manual_seed(0)
+    ok = True
+    d = "cuda"
+    x = torch.randn(37, 131) * 4
+    x[0, 0], x[1, 1], x[2, 2] = float("nan"), float("inf"), -float("inf")
+    s, z = torch.tensor(0.05), torch.tensor(3, dtype=torch.int32)
+    sc, zc = torch.rand(131) * 0.1 + 0.01, torch.randint(-5, 5, (131,), dtype=torch.int32)
+    for dtype in (torch.float32, torch.float16, torch.bfloat16):
+        xd = x.to(dtype)
+        ok &= same(q8.fake_quantize_per_tensor(xd.to(d), s.to(d), z.to(d), -128, 127),
+                   q8.fake_quantize_per_tensor(xd, s, z, -128, 127), f"fq per tensor {dtype}")
+        ok &= same(q8.fake_quantize_per_channel(xd.to(d), sc.to(d), zc.to(d), 1, -128, 127),
+                   q8.fake_quantize_per_channel(xd, sc, zc, 1, -128, 127), f"fq per channel {dtype}")
+        ok &= same(q8.quantize(xd.to(d), s.to(d), z.to(d), None, -128, 127, torch.int8),
+                   q8.quantize(xd, s, z, None, -128, 127, torch.int8), f"quantize {dtype}")
+        for a, b in zip(q8.choose_qparams(xd.to(d), 0, 255, False, 1), q8.choose_qparams(xd, 0, 255, False, 1)):
+            ok &= same(a, b, f"choose_qparams {dtype}")
+    q = torch.randint(-128, 128, (37, 131), dtype=torch.int8)
+    ok &= same(q8.dequantize(q.to(d), sc.to(d), zc.to(d), 1), q8.dequantize(q, sc, zc, 1), "dequantize")
+    # Gradients: straight-through and learnable scale / zero point.
+    for dev in ("cpu", d):
+        xs = x.nan_to_num().clone().to(dev).requires_grad_()
+        ss = s.clone().to(dev).requires_grad_()
+        zs = torch.tensor(2.0, device=dev).requires_grad_()
+        q8.fake_quantize_per_tensor(xs, ss, zs, -128, 127).square().sum().backward()
+        if dev == "cpu":
+            ref = (xs.grad, ss.grad, zs.grad)
+        else:
+            for a, b, w in zip((xs.grad, ss.grad, zs.grad), ref, ("dx", "dscale", "dzero_point")):
+                ok &= close(a, b, f"learnable backward {w}", rtol=1e-4, atol=1e-2)
+    # Int8 linear.
+    w = torch.randn(70, 131)
+    w8, ws = q8.quantize_weight(w)
+    w8d, wsd = q8.quantize_weight(w.to(d))
+    ok &= same(w8d, w8, "quantize_weight codes") & same(wsd, ws, "quantize_weight scales")
+    packed, packed_d = q8.pack_weight(w8), q8.pack_weight(w8d)
+    ok &= same(q8.unpack_weight(packed_d, 70, 131), w8, "unpack_weight")
+    bias = torch.randn(70)
+    for m in (1, 5, 16, 17, 40):
+        xm = torch.randn(m, 131) * 2
+        ok &= same(q8.linear(xm.to(d), packed_d, wsd, bias.to(d)), q8.linear(xm, packed, ws, bias), f"linear dyn M={m}")
+        ok &= same(q8.linear(xm.to(d), packed_d, wsd, bias.to(d), "static", s.to(d), torch.tensor(128, device=d)),
+                   q8.linear(xm, packed, ws, bias, "static", s, torch.tensor(128)), f"linear static M={m}")
+        ok &= close(q8.linear(xm.to(d), packed_d, wsd, bias.to(d), "weight_only"),
+                    q8.linear(xm, packed, ws, bias, "weight_only"), f"linear weight_only M={m}")
+        a = torch.randint(0, 256, (m, 131), dtype=torch.uint8)
+        zp = torch.randint(0, 256, (m,), dtype=torch.int32)
+        ok &= same(q8.int8_mm(a.to(d), packed_d, 70, zp.to(d)), q8.int8_mm(a, packed, 70, zp), f"int8_mm M={m}")
+    torch.cuda.synchronize()
+    print("cuda smoke: " + ("OK" if ok else "FAILED"))
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
