@@ -350,3 +350,82 @@ LinearMode check_linear_args(const char* op, const at::Tensor& input, const at::
 }
 
 } // namespace q8::detail
+
+namespace q8::detail {
+
+namespace {
+
+bool is_flag_dtype(at::ScalarType t) {
+  switch (t) {
+    case at::kBool:
+    case at::kByte:
+    case at::kChar:
+    case at::kShort:
+    case at::kInt:
+    case at::kLong:
+    case at::kHalf:
+    case at::kBFloat16:
+    case at::kFloat:
+    case at::kDouble:
+      return true;
+    default:
+      return false;
+  }
+}
+
+void check_flag(const char* op, const at::Tensor& input, const at::Tensor& flag, const char* name) {
+  TORCH_CHECK(flag.defined(), "q8.", op, ": ", name, " must be a defined tensor");
+  TORCH_CHECK(is_flag_dtype(flag.scalar_type()), "q8.", op, ": ", name,
+              " must be a bool, integer or floating-point tensor, got ", flag.scalar_type());
+  TORCH_CHECK(flag.sym_numel() == 1, "q8.", op, ": ", name, " must have exactly one element, got shape ",
+              flag.sym_sizes());
+  check_same_device(op, input, "input", flag, name);
+}
+
+void check_state(const char* op, const at::Tensor& input, const at::Tensor& t, const char* name,
+                 at::ScalarType dtype, const char* dtype_name, std::optional<int64_t> axis) {
+  TORCH_CHECK(t.defined(), "q8.", op, ": ", name, " must be a defined tensor");
+  TORCH_CHECK(t.scalar_type() == dtype, "q8.", op, ": ", name, " must be ", dtype_name, ", got ", t.scalar_type());
+  check_same_device(op, input, "input", t, name);
+  if (!axis.has_value()) {
+    TORCH_CHECK(t.sym_numel() == 1, "q8.", op, ": ", name, " must have exactly one element per tensor, got shape ",
+                t.sym_sizes());
+  } else {
+    const auto channels = input.sym_size(*axis);
+    TORCH_CHECK(t.dim() == 1 && t.sym_size(0) == channels, "q8.", op, ": ", name,
+                " must be 1-D with input.size(axis) = ", channels, " elements (axis ", *axis, "), got shape ",
+                t.sym_sizes());
+  }
+}
+
+} // namespace
+
+std::optional<int64_t> check_observe_fake_quantize_args(
+    const char* op,
+    const at::Tensor& input,
+    const at::Tensor& observer_on,
+    const at::Tensor& fake_quant_on,
+    const at::Tensor& running_min,
+    const at::Tensor& running_max,
+    const at::Tensor& scale,
+    const at::Tensor& zero_point,
+    double averaging_constant,
+    int64_t quant_min,
+    int64_t quant_max,
+    std::optional<int64_t> axis) {
+  check_float_input(op, input);
+  check_quant_range(op, quant_min, quant_max);
+  // (The update runs in float32: a constant that rounds to 0 there is refused too.)
+  TORCH_CHECK(averaging_constant <= 1.0 && static_cast<float>(averaging_constant) > 0.f,
+              "q8.", op, ": averaging_constant must be in (0, 1], got ", averaging_constant);
+  const auto wrapped = check_axis(op, input, axis);
+  check_flag(op, input, observer_on, "observer_on");
+  check_flag(op, input, fake_quant_on, "fake_quant_on");
+  check_state(op, input, running_min, "running_min", at::kFloat, "float32", wrapped);
+  check_state(op, input, running_max, "running_max", at::kFloat, "float32", wrapped);
+  check_state(op, input, scale, "scale", at::kFloat, "float32", wrapped);
+  check_state(op, input, zero_point, "zero_point", at::kInt, "int32", wrapped);
+  return wrapped;
+}
+
+} // namespace q8::detail

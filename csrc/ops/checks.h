@@ -136,3 +136,27 @@ LinearMode check_linear_args(const char* op, const at::Tensor& input, const at::
                              const std::optional<at::Tensor>& input_zero_point);
 
 } // namespace q8::detail
+
+namespace q8::detail {
+
+// observe_fake_quantize: float input; observer_on / fake_quant_on one-element
+// bool, integer or floating-point tensors; averaging_constant in (0, 1]; the
+// quantization range; axis; running_min / running_max / scale float32 and
+// zero_point int32, each with one element (per tensor) or 1-D with
+// input.size(axis) elements (per channel); everything on input's device.
+// Returns the wrapped axis (nullopt per tensor).
+std::optional<int64_t> check_observe_fake_quantize_args(
+    const char* op,
+    const at::Tensor& input,
+    const at::Tensor& observer_on,
+    const at::Tensor& fake_quant_on,
+    const at::Tensor& running_min,
+    const at::Tensor& running_max,
+    const at::Tensor& scale,
+    const at::Tensor& zero_point,
+    double averaging_constant,
+    int64_t quant_min,
+    int64_t quant_max,
+    std::optional<int64_t> axis);
+
+} // namespace q8::detail

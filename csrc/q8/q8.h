@@ -127,6 +127,52 @@ Q8_API const char* cpu_isa();
 Q8_API void set_cpu_isa(const char* name);
 Q8_API std::vector<std::string> cpu_isas();
 
+// ---------------------------------------------------------------------------
+// Fused observer + fake quantization (QAT)
+// ---------------------------------------------------------------------------
+// One training step of a moving-average min/max observer followed by fake
+// quantization, q8's counterpart of torch.fused_moving_avg_obs_fake_quant. The
+// four state tensors are updated IN PLACE:
+//   running_min, running_max: float32; start at +Inf / -Inf ("not observed yet").
+//   scale: float32; zero_point: int32.
+// Per tensor (axis = nullopt) each has one element; per channel each is 1-D with
+// input.size(axis) elements. observer_on / fake_quant_on: one-element bool,
+// integer or floating-point tensors on input's device (non-zero = on), read on
+// that device (no host synchronization on CUDA).
+//   observer_on: cur_min / cur_max = min / max of the FINITE values of input (per
+//     channel); running = cur the first time (running not finite), else
+//     running += averaging_constant * (cur - running) (float32); a channel with
+//     no finite value keeps its running values. Then scale / zero_point =
+//     the q8.choose_qparams formulas on [running_min, running_max] (the range
+//     extended to hold 0; `symmetric` as in choose_qparams).
+//   fake_quant_on: output = fake_quantize(input, scale, zero_point) (the values
+//     just computed) and mask = its straight-through mask; else output = a copy
+//     of input and mask all true.
+// Returns (output in input's dtype and layout, mask bool). Differentiable in
+// input only (straight-through: grad * mask); the state gets no gradient and
+// must not require grad.
+// Differences from torch's op (which also reads both flags on the host): q8
+// recomputes scale / zero_point when the OBSERVER runs (torch: when fake quant
+// runs), with choose_qparams' formulas (torch: its ChooseQuantizationParams,
+// which differs in the last bits of the scale, sometimes by 1 in the zero point,
+// and in symmetric mode); NaN / +-Inf inputs are ignored by the observer (torch
+// lets them into the running values); any axis, float16 / bfloat16 inputs.
+// The CPU raises an error for an invalid stored scale / zero point (e.g. set by
+// hand with the observer off); CUDA outputs NaN there instead.
+Q8_API std::tuple<at::Tensor, at::Tensor> observe_fake_quantize(
+    const at::Tensor& input,
+    const at::Tensor& observer_on,
+    const at::Tensor& fake_quant_on,
+    const at::Tensor& running_min,
+    const at::Tensor& running_max,
+    const at::Tensor& scale,
+    const at::Tensor& zero_point,
+    double averaging_constant,
+    int64_t quant_min,
+    int64_t quant_max,
+    std::optional<int64_t> axis = std::nullopt,
+    bool symmetric = false);
+
 // Called by the inline variable below, so that any program that includes this
 // header links libq8 and so runs its operator registrations.
 Q8_API int64_t register_ops();

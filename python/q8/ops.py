@@ -35,6 +35,7 @@ __all__ = [
     "unpack_weight",
     "int8_mm",
     "linear",
+    "observe_fake_quantize",
     "cpu_isa",
     "cpu_isas",
     "set_cpu_isa",
@@ -185,6 +186,68 @@ def linear(
     In the int8 modes, a row of ``input`` holding NaN or +-Inf gives a row of NaN.
     """
     return torch.ops.q8.linear(input, packed_weight, weight_scale, bias, activation, input_scale, input_zero_point)
+
+
+def observe_fake_quantize(
+    input: Tensor,
+    observer_on: Tensor,
+    fake_quant_on: Tensor,
+    running_min: Tensor,
+    running_max: Tensor,
+    scale: Tensor,
+    zero_point: Tensor,
+    averaging_constant: float,
+    quant_min: int,
+    quant_max: int,
+    axis: Optional[int] = None,
+    symmetric: bool = False,
+) -> Tuple[Tensor, Tensor]:
+    """One QAT step of a moving-average min/max observer fused with fake quantization.
+
+    q8's counterpart of ``torch.fused_moving_avg_obs_fake_quant`` (the op of
+    ``torch.ao.quantization.FusedMovingAvgObsFakeQuantize``). Returns
+    ``(output, mask)`` and updates the four state tensors **in place**:
+
+    * ``running_min`` / ``running_max``: float32, ``+inf`` / ``-inf`` before the
+      first observation; ``scale``: float32; ``zero_point``: int32. Per tensor
+      (``axis=None``) each has one element, per channel each is 1-D with
+      ``input.size(axis)`` elements (any ``axis``, negative ones included).
+    * ``observer_on`` / ``fake_quant_on``: one-element bool, integer or float
+      tensors on ``input``'s device (non-zero is on), read on that device: a CUDA
+      call never synchronizes with the host.
+
+    When ``observer_on``: the min and max of the finite values of ``input`` (per
+    channel; NaN and +-inf are ignored, a channel without a finite value keeps its
+    state) become the running values the first time (a non-finite running value),
+    and later ``running += averaging_constant * (current - running)`` (float32, as
+    torch); then ``scale`` / ``zero_point`` are recomputed from
+    ``[running_min, running_max]`` with :func:`choose_qparams`' formulas (the
+    range extended to hold 0; ``symmetric`` as there).
+
+    When ``fake_quant_on``: ``output`` is :func:`fake_quantize_per_tensor` /
+    :func:`fake_quantize_per_channel` of ``input`` with the (new) ``scale`` /
+    ``zero_point``, bit for bit, and ``mask`` its straight-through mask; otherwise
+    ``output`` is a copy of ``input`` and ``mask`` is all true. ``output`` has
+    ``input``'s dtype (float32, float16 or bfloat16) and layout.
+
+    Gradient: ``input`` only, straight through (``grad * mask``). The state
+    tensors get none and must not require grad (use buffers).
+
+    Where it differs from torch's op: q8 recomputes ``scale`` / ``zero_point``
+    when the *observer* runs (torch: when fake quantization runs, from the
+    running values, and never when it is off), with q8's formulas (torch's
+    ``ChooseQuantizationParams`` can differ in the last bit of the scale and by 1
+    in the zero point, and its symmetric mode differs: a scale of
+    ``max(-min / 128, max / 127)`` for [-128, 127] and an asymmetric zero point
+    when the range does not straddle 0); non-finite inputs are ignored (torch lets
+    them into the running values); any axis and float16 / bfloat16 inputs (torch:
+    axis 0, float32). A stored scale / zero point that is invalid (set by hand,
+    observer off) is an error on the CPU and gives NaN outputs on CUDA.
+    ``averaging_constant`` must be in (0, 1].
+    """
+    return torch.ops.q8.observe_fake_quantize(
+        input, observer_on, fake_quant_on, running_min, running_max, scale, zero_point, averaging_constant,
+        quant_min, quant_max, axis, symmetric)
 
 
 def cpu_isa() -> str:

@@ -56,6 +56,25 @@ def sample_inputs(device, requires_grad):
         (OPS.dequantize.default, (torch.randint(-128, 128, (7, 9), dtype=torch.int8, device=device), s_(), zi(), None, torch.float32)),
         (OPS.dequantize.default, (torch.randint(0, 255, (7, 9), dtype=torch.int32, device=device), s_(7), zi(7), 0, torch.bfloat16)),
     ]
+    # The fused observer: state tensors (buffers, never requiring grad) are updated in place.
+    def state(n, lo=float("inf"), hi=-float("inf")):
+        return (torch.full((n,), lo, device=device), torch.full((n,), hi, device=device),
+                torch.ones(n, device=device), torch.zeros(n, dtype=torch.int32, device=device))
+
+    def on(v, dtype=torch.long):
+        return torch.tensor([v], dtype=dtype, device=device)
+
+    samples += [
+        (OPS.observe_fake_quantize.default, (x_(8, 33), on(1), on(1), *state(1), 0.01, 0, 255, None, False)),
+        (OPS.observe_fake_quantize.default, (x_(4, 6, 70, dtype=torch.bfloat16), on(1), on(1), *state(6), 0.1,
+                                             -128, 127, 1, True)),
+        (OPS.observe_fake_quantize.default, (x_(9, 5, dtype=torch.float16), on(1, torch.bool), on(0, torch.bool),
+                                             *state(5), 0.5, -8, 7, -1, False)),
+        (OPS.observe_fake_quantize.default, (cl.clone().requires_grad_(requires_grad), on(0), on(1),
+                                             *state(6, -1.0, 2.0), 0.01, 0, 255, 1, False)),
+        (OPS.observe_fake_quantize.default, (x_(), on(1.0, torch.float32), on(1), *state(1), 1.0, -128, 127, None,
+                                             True)),
+    ]
     # The int8 linear family (inference ops: backward raises, so no requires_grad samples).
     w = torch.randn(19, 37, device=device)
     w8, ws = q8.quantize_weight(w)
@@ -102,7 +121,7 @@ def test_opcheck_every_op(device, requires_grad):
 def test_ops_carry_pt2_compliant_tag():
     for name in ["fake_quantize_per_tensor", "fake_quantize_per_channel", "choose_qparams", "quantize", "dequantize",
                  "_fake_quantize_cachemask", "_fake_quantize_mask_backward", "_fake_quantize_learnable_backward",
-                 "quantize_weight", "pack_weight", "unpack_weight", "int8_mm", "linear"]:
+                 "quantize_weight", "pack_weight", "unpack_weight", "int8_mm", "linear", "observe_fake_quantize"]:
         assert torch.Tag.pt2_compliant_tag in getattr(OPS, name).default.tags, name
 
 
