@@ -62,6 +62,22 @@ def main():
         else:
             for a, b, w in zip((xs.grad, ss.grad, zs.grad), ref, ("dx", "dscale", "dzero_point")):
                 ok &= close(a, b, f"learnable backward {w}", rtol=1e-4, atol=1e-2)
+    # Observer + fake quantization (state updated in place on both devices).
+    for axis in (None, 1):
+        c = 1 if axis is None else 131
+        states = {}
+        for dev in ("cpu", d):
+            st = [torch.full((c,), float("inf"), device=dev), torch.full((c,), -float("inf"), device=dev),
+                  torch.ones(c, device=dev), torch.zeros(c, dtype=torch.int32, device=dev)]
+            on = torch.tensor(1, device=dev)
+            outs = [q8.observe_fake_quantize(x.to(dev) * (1 + step), on, on, *st, 0.01, 0, 255, axis)
+                    for step in range(3)]
+            states[dev] = (outs[-1], st)
+        (o_cpu, s_cpu), (o_gpu, s_gpu) = states["cpu"], states[d]
+        ok &= same(o_gpu[0], o_cpu[0], f"observe_fake_quantize out axis={axis}")
+        ok &= same(o_gpu[1], o_cpu[1], f"observe_fake_quantize mask axis={axis}")
+        for a, b, w in zip(s_gpu, s_cpu, ("running_min", "running_max", "scale", "zero_point")):
+            ok &= same(a, b, f"observe_fake_quantize {w} axis={axis}")
     # Int8 linear.
     w = torch.randn(70, 131)
     w8, ws = q8.quantize_weight(w)
