@@ -37,6 +37,7 @@ fi
 echo "=== Benchmark smoke run (numbers here are not measurements) ==="
 python benchmarks/bench_fake_quantize.py --quick
 python benchmarks/bench_linear.py --quick --no-torchao
+python benchmarks/bench_observer.py --quick
 
 echo "=== Python tests (pytest) ==="
 python -m pytest tests/python -q -p no:cacheprovider
