@@ -48,7 +48,17 @@ from . import _fake  # noqa: E402,F401  (device-aware fake kernels)
 # The workflow lives in q8.quantization (not q8/quantize.py: that submodule would
 # shadow the q8.quantize op).
 from . import nn  # noqa: E402
-from .quantization import quantize_dynamic  # noqa: E402
+from .config import QConfig  # noqa: E402
+from .quantization import (  # noqa: E402
+    calibrate,
+    convert,
+    enable_fake_quant,
+    enable_observer,
+    freeze_observers,
+    prepare,
+    prepare_qat,
+    quantize_dynamic,
+)
 from .ops import (  # noqa: E402
     choose_qparams,
     cpu_isa,
@@ -67,7 +77,13 @@ from .ops import (  # noqa: E402
 )
 
 __all__ = [
+    "QConfig",
+    "calibrate",
     "choose_qparams",
+    "convert",
+    "enable_fake_quant",
+    "enable_observer",
+    "freeze_observers",
     "cpu_isa",
     "cpu_isas",
     "dequantize",
@@ -78,6 +94,8 @@ __all__ = [
     "nn",
     "observe_fake_quantize",
     "pack_weight",
+    "prepare",
+    "prepare_qat",
     "quantize",
     "quantize_dynamic",
     "quantize_weight",

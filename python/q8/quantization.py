@@ -1,76 +1,337 @@
-"""Whole-model conversion to q8's int8 layers."""
-from typing import Iterable
+"""The quantization workflow: whole-model conversion to q8's layers.
+
+* :func:`quantize_dynamic`: one-line post-training quantization (PTQ), no data;
+* :func:`prepare` → :func:`calibrate` → :func:`convert`: static PTQ with calibrated
+  activation ranges;
+* :func:`prepare_qat` → train → :func:`convert`: quantization-aware training (QAT);
+* :class:`q8.QConfig` chooses the scheme, the observers and the modules to skip.
+
+Only modules whose type is exactly ``torch.nn.Linear`` / ``torch.nn.Conv2d`` are
+swapped: subclasses (e.g. the ``out_proj`` of ``nn.MultiheadAttention``, whose
+owner reads its ``.weight`` directly) are left alone. A layer shared by several
+parents is replaced by one shared layer. Every function works in place and
+returns the model (or, when the model itself is a swapped layer, the new layer).
+"""
+from typing import Callable, Dict, Iterable, Optional
 
 import torch
 
+from .config import QConfig
+from .nn.conv import Int8Conv2d
 from .nn.linear import Int8Linear
+from .nn.qat import FakeQuantize, QATConv2d, QATLinear
 
-__all__ = ["quantize_dynamic"]
+__all__ = [
+    "QConfig",
+    "calibrate",
+    "convert",
+    "enable_fake_quant",
+    "enable_observer",
+    "freeze_observers",
+    "prepare",
+    "prepare_qat",
+    "quantize_dynamic",
+]
 
 _MODES = ("dynamic", "weight_only")
 
 
-def quantize_dynamic(model: torch.nn.Module, activation: str = "dynamic", skip: Iterable[str] = ()) -> torch.nn.Module:
-    """Replace every ``torch.nn.Linear`` of ``model`` (recursively, in place) by :class:`q8.nn.Int8Linear`.
-
-    Args:
-        model: the model; its ``nn.Linear`` modules are swapped for
-            ``Int8Linear.from_float(linear, activation)`` on the linear's device.
-        activation: ``"dynamic"`` (activations quantized per row at run time) or
-            ``"weight_only"``. ``"static"`` is refused: it needs calibrated input
-            qparams for each layer; build those layers with
-            ``Int8Linear.from_float(linear, "static", input_scale, input_zero_point)``.
-        skip: qualified module names (as in ``model.named_modules()``) to leave in
-            float: a named ``nn.Linear`` is kept, and so is every ``nn.Linear`` inside a
-            named container. Every name must exist in the model (a typo is an error,
-            not a silently unquantized layer).
-
-    Only modules whose type is exactly ``torch.nn.Linear`` are replaced: subclasses
-    (e.g. the ``out_proj`` of ``nn.MultiheadAttention``, whose owner reads its
-    ``.weight`` directly) are left alone. A linear shared by several parents is
-    replaced by one shared ``Int8Linear``.
-
-    Returns ``model``, or, when ``model`` itself is an ``nn.Linear`` (which cannot be
-    replaced in place) and ``""`` is not in ``skip``, a new ``Int8Linear``.
-    """
-    if activation == "static":
-        raise ValueError("q8.quantize_dynamic: activation='static' needs calibrated input_scale and "
-                         "input_zero_point for each layer; use Int8Linear.from_float(linear, 'static', "
-                         "input_scale, input_zero_point) for those layers, or activation='dynamic' / "
-                         "'weight_only' here")
-    if activation not in _MODES:
-        raise ValueError(f"q8.quantize_dynamic: activation must be 'dynamic' or 'weight_only', got {activation!r}")
-    if not isinstance(model, torch.nn.Module):
-        raise TypeError(f"q8.quantize_dynamic: expected a torch.nn.Module, got {type(model).__name__}")
+def _skip_check(model: torch.nn.Module, skip, where: str):
     skip = {skip} if isinstance(skip, str) else set(skip)
     names = {name for name, _ in model.named_modules(remove_duplicate=False)}
     unknown = sorted(skip - names)
     if unknown:
-        raise ValueError(f"q8.quantize_dynamic: skip names {unknown} are not modules of the model "
+        raise ValueError(f"{where}: skip names {unknown} are not modules of the model "
                          "(names are those of model.named_modules(), e.g. 'encoder.layers.0.fc1')")
 
-    def skipped(qualified_name):
+    def skipped(qualified_name: str) -> bool:
         if qualified_name in skip:
             return True
         parts = qualified_name.split(".")
         return any(".".join(parts[:i]) in skip for i in range(1, len(parts)))
 
-    if "" in skip:  # the model itself
-        return model
-    if type(model) is torch.nn.Linear:
-        return Int8Linear.from_float(model, activation)
+    return skipped
 
-    converted = {}  # id(linear) -> its Int8Linear, so that shared layers stay shared
+
+def _swap(model: torch.nn.Module, swaps: Dict[type, Callable[[torch.nn.Module, str], torch.nn.Module]], skip,
+          where: str) -> torch.nn.Module:
+    """Replace every module whose exact type is a key of ``swaps`` by ``swaps[type](module, name)``."""
+    if not isinstance(model, torch.nn.Module):
+        raise TypeError(f"{where}: expected a torch.nn.Module, got {type(model).__name__}")
+    skipped = _skip_check(model, skip, where)
+    if skipped(""):
+        return model
+    if type(model) in swaps:
+        return swaps[type(model)](model, "")
+    converted = {}  # id(module) -> its replacement, so that shared layers stay shared
     for parent_name, parent in list(model.named_modules(remove_duplicate=False)):
         if skipped(parent_name):
             continue
         for child_name, child in list(parent._modules.items()):  # named_children() would skip repeats
-            if type(child) is not torch.nn.Linear:
+            if child is None or type(child) not in swaps:
                 continue
             qualified = f"{parent_name}.{child_name}" if parent_name else child_name
             if skipped(qualified):
                 continue
             if id(child) not in converted:
-                converted[id(child)] = Int8Linear.from_float(child, activation)
+                converted[id(child)] = swaps[type(child)](child, qualified)
             setattr(parent, child_name, converted[id(child)])
     return model
+
+
+def quantize_dynamic(model: torch.nn.Module, activation: str = "dynamic", skip: Iterable[str] = ()) -> torch.nn.Module:
+    """Replace every ``nn.Linear`` by :class:`q8.nn.Int8Linear` and every ``nn.Conv2d`` by :class:`q8.nn.Int8Conv2d`.
+
+    Args:
+        model: the model, changed in place; layers are converted on their device.
+        activation: for the linear layers: ``"dynamic"`` (activations quantized per
+            row at run time) or ``"weight_only"``. ``"static"`` is refused: it needs
+            calibrated input qparams; use :func:`prepare` / :func:`calibrate` /
+            :func:`convert`. Convolutions always keep float activations (their int8
+            weights are dequantized to compute: a 4x smaller layer, not a faster one).
+        skip: qualified module names (as in ``model.named_modules()``) to leave in
+            float: a named layer is kept, and so is every layer inside a named
+            container. Every name must exist in the model (a typo is an error, not a
+            silently unquantized layer).
+    """
+    if activation == "static":
+        raise ValueError("q8.quantize_dynamic: activation='static' needs calibrated input_scale and "
+                         "input_zero_point for each layer; use q8.prepare, q8.calibrate and q8.convert, or "
+                         "Int8Linear.from_float(linear, 'static', input_scale, input_zero_point), or "
+                         "activation='dynamic' / 'weight_only' here")
+    if activation not in _MODES:
+        raise ValueError(f"q8.quantize_dynamic: activation must be 'dynamic' or 'weight_only', got {activation!r}")
+    return _swap(model, {
+        torch.nn.Linear: lambda m, _: Int8Linear.from_float(m, activation),
+        torch.nn.Conv2d: lambda m, _: Int8Conv2d.from_float(m),
+    }, skip, "q8.quantize_dynamic")
+
+
+def _qconfig(config: Optional[QConfig], where: str) -> QConfig:
+    if config is None:
+        return QConfig()
+    if not isinstance(config, QConfig):
+        raise TypeError(f"{where}: config must be a q8.QConfig, got {type(config).__name__}")
+    return config
+
+
+def prepare_qat(model: torch.nn.Module, config: Optional[QConfig] = None) -> torch.nn.Module:
+    """Swap every ``nn.Linear`` / ``nn.Conv2d`` for :class:`q8.nn.QATLinear` / :class:`q8.nn.QATConv2d`.
+
+    The new layers share the float layers' weight and bias parameters (an optimizer
+    built before still trains them) and fake-quantize weights (per output channel)
+    and inputs (per tensor) as ``config`` (default :class:`q8.QConfig`) says, with
+    their observers and fake quantization on. Train the model as usual, optionally
+    :func:`freeze_observers` for the last epochs, then :func:`convert`.
+    ``config.skip`` names modules to leave in float.
+    """
+    config = _qconfig(config, "q8.prepare_qat")
+    return _swap(model, {
+        torch.nn.Linear: lambda m, _: QATLinear.from_float(m, config),
+        torch.nn.Conv2d: lambda m, _: QATConv2d.from_float(m, config),
+    }, config.skip, "q8.prepare_qat")
+
+
+def prepare(model: torch.nn.Module, config: Optional[QConfig] = None) -> torch.nn.Module:
+    """For static PTQ: :func:`prepare_qat`, with the observers on and fake quantization off.
+
+    Then run :func:`calibrate` on representative data and :func:`convert`.
+    """
+    config = _qconfig(config, "q8.prepare")
+    model = _swap(model, {
+        torch.nn.Linear: lambda m, _: QATLinear.from_float(m, config),
+        torch.nn.Conv2d: lambda m, _: QATConv2d.from_float(m, config),
+    }, config.skip, "q8.prepare")
+    enable_observer(model, True)
+    enable_fake_quant(model, False)
+    return model
+
+
+def _fake_quants(model: torch.nn.Module):
+    return [m for m in model.modules() if isinstance(m, FakeQuantize)]
+
+
+def enable_observer(model: torch.nn.Module, enabled: bool = True) -> torch.nn.Module:
+    """Turn every :class:`q8.nn.FakeQuantize` observer of ``model`` on (or off)."""
+    for fq in _fake_quants(model):
+        fq.enable_observer(enabled)
+    return model
+
+
+def enable_fake_quant(model: torch.nn.Module, enabled: bool = True) -> torch.nn.Module:
+    """Turn every :class:`q8.nn.FakeQuantize`'s fake quantization of ``model`` on (or off)."""
+    for fq in _fake_quants(model):
+        fq.enable_fake_quant(enabled)
+    return model
+
+
+def freeze_observers(model: torch.nn.Module) -> torch.nn.Module:
+    """Stop every observer of ``model``: the qparams stay as they are (learnable ones keep learning)."""
+    return enable_observer(model, False)
+
+
+def _model_device(model: torch.nn.Module) -> Optional[torch.device]:
+    for t in list(model.parameters()) + list(model.buffers()):
+        if t.device.type != "meta":
+            return t.device
+    return None
+
+
+def calibrate(model: torch.nn.Module, data: Iterable, num_batches: Optional[int] = None,
+              progress: bool = True) -> torch.nn.Module:
+    """Run ``model`` on ``data`` with its observers on, to set the activation ranges of static PTQ.
+
+    Args:
+        model: a model from :func:`prepare` (or :func:`prepare_qat`).
+        data: an iterable of batches: input tensors, or tuples / lists whose first
+            element is the input (e.g. ``(input, target)`` from a ``DataLoader``).
+            Tensors are moved to the model's device.
+        num_batches: stop after this many batches (default: all of ``data``).
+        progress: show a progress bar (``tqdm``, when installed).
+
+    The model runs in eval mode under ``torch.no_grad()``, with every observer on
+    and fake quantization off (the observers see float activations, as in the
+    float model). Afterwards the observers are frozen, fake quantization is on
+    (the model now computes what :func:`convert` will) and the model's train /
+    eval mode is restored. Under ``torch.distributed`` every rank must call it on
+    the same number of batches: the observers all-reduce their statistics.
+    """
+    if not any(True for _ in _fake_quants(model)):
+        raise ValueError("q8.calibrate: the model has no q8.nn.FakeQuantize modules; call q8.prepare(model) first")
+    if num_batches is not None and int(num_batches) < 1:
+        raise ValueError(f"q8.calibrate: num_batches must be positive, got {num_batches!r}")
+    device = _model_device(model)
+    total = num_batches
+    if total is None:
+        try:
+            total = len(data)
+        except TypeError:
+            total = None
+    iterator = iter(data)
+    if progress:
+        try:
+            from tqdm.auto import tqdm
+
+            iterator = tqdm(iterator, total=total, desc="q8 calibrate", unit="batch")
+        except ImportError:
+            pass
+    was_training = model.training
+    model.eval()
+    enable_observer(model, True)
+    enable_fake_quant(model, False)
+    seen = 0
+    try:
+        with torch.no_grad():
+            for batch in iterator:
+                if isinstance(batch, (tuple, list)):
+                    if not batch:
+                        raise ValueError("q8.calibrate: got an empty batch tuple")
+                    batch = batch[0]
+                if isinstance(batch, torch.Tensor) and device is not None:
+                    batch = batch.to(device)
+                model(batch)
+                seen += 1
+                if num_batches is not None and seen >= num_batches:
+                    break
+    finally:
+        if hasattr(iterator, "close"):
+            iterator.close()
+        freeze_observers(model)
+        enable_fake_quant(model, True)
+        model.train(was_training)
+    if seen == 0:
+        raise ValueError("q8.calibrate: data gave no batches")
+    return model
+
+
+def _weight_qparams(layer, where: str):
+    """The weight's (scale, zero_point) for conversion: those the QAT layer fake-quantizes with now."""
+    fq = layer.weight_fake_quant
+    if not fq.per_channel or fq.axis not in (0, -layer.weight.dim()):
+        raise ValueError(f"{where}: the weight must be quantized per output channel (axis 0), got "
+                         f"qscheme={fq.qscheme!r}, axis={fq.axis}")
+    if not (-127 <= fq.quant_min and fq.quant_max <= 127):
+        raise ValueError(f"{where}: int8 layers take weight codes in [-127, 127], got [{fq.quant_min}, "
+                         f"{fq.quant_max}]")
+    sync = fq.sync
+    fq.sync = False  # convert runs on one rank: no collective
+    try:
+        with torch.no_grad():
+            fq(layer.weight)  # re-observes the final weight when the weight observer is still on
+    finally:
+        fq.sync = sync
+    scale, zero_point = fq.calculate_qparams()
+    if bool((zero_point != 0).any()):
+        raise ValueError(f"{where}: int8 layers need symmetric weights (zero point 0), got qscheme="
+                         f"{fq.qscheme!r} with quant range [{fq.quant_min}, {fq.quant_max}]")
+    if not bool(torch.isfinite(scale).all()):
+        raise ValueError(f"{where}: the weight scale is not finite (a non-finite weight?)")
+    weight = layer.weight.detach().to(torch.float32)
+    codes = torch.ops.q8.quantize(weight, scale, zero_point, 0, fq.quant_min, fq.quant_max, torch.int8)
+    return codes, scale.to(torch.float32)
+
+
+def _input_qparams(layer, where: str):
+    fq = layer.input_fake_quant
+    if fq.per_channel or fq.quant_min != 0 or fq.quant_max != 255:
+        raise ValueError(f"{where}: int8 layers take uint8 activations quantized per tensor in [0, 255]; the "
+                         f"input fake quantizer has qscheme={fq.qscheme!r} and range [{fq.quant_min}, "
+                         f"{fq.quant_max}] (use QConfig(activation_bits=8, activation_qscheme='per_tensor_affine'))")
+    if fq.lsq_scale is None and not fq.has_observed():
+        raise ValueError(f"{where}: the input observer has seen no data; run q8.calibrate (static PTQ) or train "
+                         "(QAT) before q8.convert")
+    return fq.calculate_qparams()
+
+
+def _convert_linear(layer: QATLinear, name: str) -> Int8Linear:
+    where = f"q8.convert: layer {name or '<model>'!r}"
+    codes, scale = _weight_qparams(layer, where)
+    input_scale, input_zero_point = _input_qparams(layer, where)
+    device = layer.weight.device
+    module = Int8Linear(layer.in_features, layer.out_features, bias=layer.bias is not None, activation="static",
+                        device=device)
+    module.weight_int8 = codes.contiguous()
+    module.weight_scale = scale.contiguous()
+    if layer.bias is not None:
+        module.bias = layer.bias.detach().to(torch.float32).clone()
+    module.input_scale = input_scale.reshape(()).to(device=device, dtype=torch.float32).clone()
+    module.input_zero_point = input_zero_point.reshape(()).to(device=device, dtype=torch.int32).clone()
+    module.train(layer.training)
+    module.repack()
+    return module
+
+
+def _convert_conv(layer: QATConv2d, name: str) -> Int8Conv2d:
+    where = f"q8.convert: layer {name or '<model>'!r}"
+    codes, scale = _weight_qparams(layer, where)
+    input_scale, input_zero_point = _input_qparams(layer, where)
+    module = Int8Conv2d(layer.in_channels, layer.out_channels, layer.kernel_size, layer.stride, layer.padding,
+                        layer.dilation, layer.groups, layer.bias is not None, layer.padding_mode,
+                        static_input=True, device=layer.weight.device)
+    module.weight_int8 = codes.contiguous()
+    module.weight_scale = scale.contiguous()
+    if layer.bias is not None:
+        module.bias = layer.bias.detach().to(torch.float32).clone()
+    module.input_scale = input_scale.reshape(()).to(torch.float32).clone()
+    module.input_zero_point = input_zero_point.reshape(()).to(torch.int32).clone()
+    module.train(layer.training)
+    return module
+
+
+def convert(model: torch.nn.Module) -> torch.nn.Module:
+    """Turn the QAT / calibrated layers of ``model`` into int8 layers, in place.
+
+    * :class:`q8.nn.QATLinear` → :class:`q8.nn.Int8Linear` with ``activation="static"``:
+      int8 weights with the weight fake quantizer's per-channel scales (re-observed
+      on the final weight when its observer is still on; learned ones for LSQ) and
+      the input fake quantizer's scale / zero point;
+    * :class:`q8.nn.QATConv2d` → :class:`q8.nn.Int8Conv2d`: int8 weights likewise,
+      dequantized to compute (4x smaller, not faster), the input fake-quantized with
+      the calibrated qparams.
+
+    The converted model computes what the fake-quantized model computed in eval
+    mode, up to float rounding. Requirements (checked, with an error naming the
+    layer): symmetric per-channel weights with codes in [-127, 127] and uint8
+    per-tensor activations ([0, 255]) that have been observed.
+    """
+    return _swap(model, {QATLinear: _convert_linear, QATConv2d: _convert_conv}, (), "q8.convert")
