@@ -429,3 +429,65 @@ std::optional<int64_t> check_observe_fake_quantize_args(
 }
 
 } // namespace q8::detail
+
+namespace q8::detail {
+namespace {
+
+void check_histogram_state(const char* op, const at::Tensor& reference, const char* ref_name,
+                           const at::Tensor& histogram, const at::Tensor& hist_min, const at::Tensor& hist_max) {
+  TORCH_CHECK(histogram.defined(), "q8.", op, ": histogram must be a defined tensor");
+  TORCH_CHECK(histogram.scalar_type() == at::kDouble, "q8.", op, ": histogram must be float64, got ",
+              histogram.scalar_type());
+  TORCH_CHECK(histogram.dim() == 1 && histogram.sym_size(0) >= 1, "q8.", op,
+              ": histogram must be 1-D with at least one bin, got shape ", histogram.sym_sizes());
+  TORCH_CHECK(histogram.is_contiguous(), "q8.", op, ": histogram must be contiguous, got strides ",
+              histogram.sym_strides());
+  check_same_device(op, reference, ref_name, histogram, "histogram");
+  for (const auto& [t, name] : {std::pair<const at::Tensor*, const char*>{&hist_min, "hist_min"},
+                                std::pair<const at::Tensor*, const char*>{&hist_max, "hist_max"}}) {
+    TORCH_CHECK(t->defined(), "q8.", op, ": ", name, " must be a defined tensor");
+    TORCH_CHECK(t->scalar_type() == at::kFloat, "q8.", op, ": ", name, " must be float32, got ", t->scalar_type());
+    TORCH_CHECK(t->sym_numel() == 1, "q8.", op, ": ", name, " must have exactly one element, got shape ",
+                t->sym_sizes());
+    check_same_device(op, reference, ref_name, *t, name);
+  }
+}
+
+} // namespace
+
+void check_histogram_observe_args(
+    const char* op,
+    const at::Tensor& input,
+    const at::Tensor& observer_on,
+    const at::Tensor& histogram,
+    const at::Tensor& hist_min,
+    const at::Tensor& hist_max,
+    const std::optional<at::Tensor>& input_range) {
+  check_float_input(op, input);
+  check_flag(op, input, observer_on, "observer_on");
+  check_histogram_state(op, input, "input", histogram, hist_min, hist_max);
+  if (input_range.has_value() && input_range->defined()) {
+    const auto& r = *input_range;
+    TORCH_CHECK(r.scalar_type() == at::kFloat, "q8.", op, ": input_range must be float32, got ", r.scalar_type());
+    TORCH_CHECK(r.sym_numel() == 1 || r.sym_numel() == 2, "q8.", op,
+                ": input_range must have one or two elements ([lo, hi]), got shape ", r.sym_sizes());
+    check_same_device(op, input, "input", r, "input_range");
+  }
+}
+
+void check_histogram_qparams_args(
+    const char* op,
+    const at::Tensor& histogram,
+    const at::Tensor& hist_min,
+    const at::Tensor& hist_max,
+    double percentile,
+    int64_t quant_min,
+    int64_t quant_max) {
+  TORCH_CHECK(histogram.defined(), "q8.", op, ": histogram must be a defined tensor");
+  check_histogram_state(op, histogram, "histogram", histogram, hist_min, hist_max);
+  TORCH_CHECK(percentile > 0.0 && percentile <= 100.0, "q8.", op, ": percentile must be in (0, 100], got ",
+              percentile);
+  check_quant_range(op, quant_min, quant_max);
+}
+
+} // namespace q8::detail

@@ -160,3 +160,31 @@ std::optional<int64_t> check_observe_fake_quantize_args(
     std::optional<int64_t> axis);
 
 } // namespace q8::detail
+
+namespace q8::detail {
+
+// histogram_observe: float input; observer_on a one-element bool, integer or
+// floating-point tensor; histogram a contiguous 1-D float64 tensor with at least
+// one bin; hist_min / hist_max float32 with one element; input_range (when given)
+// float32 with one or two elements; everything on input's device.
+void check_histogram_observe_args(
+    const char* op,
+    const at::Tensor& input,
+    const at::Tensor& observer_on,
+    const at::Tensor& histogram,
+    const at::Tensor& hist_min,
+    const at::Tensor& hist_max,
+    const std::optional<at::Tensor>& input_range);
+
+// histogram_qparams: the histogram state as above (on histogram's device),
+// percentile in (0, 100], the quantization range.
+void check_histogram_qparams_args(
+    const char* op,
+    const at::Tensor& histogram,
+    const at::Tensor& hist_min,
+    const at::Tensor& hist_max,
+    double percentile,
+    int64_t quant_min,
+    int64_t quant_max);
+
+} // namespace q8::detail

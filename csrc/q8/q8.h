@@ -173,6 +173,54 @@ Q8_API std::tuple<at::Tensor, at::Tensor> observe_fake_quantize(
     std::optional<int64_t> axis = std::nullopt,
     bool symmetric = false);
 
+// ---------------------------------------------------------------------------
+// Histogram (percentile) observer
+// ---------------------------------------------------------------------------
+// State, updated IN PLACE by histogram_observe: histogram (contiguous 1-D
+// float64, B >= 1 bins chosen by the caller, zeros at the start), hist_min /
+// hist_max (float32, one element each, +Inf / -Inf before the first observation),
+// all on input's device. observer_on: one-element bool, integer or floating-point
+// tensor on that device, read there (no host synchronization on CUDA); 0 = no change.
+//   1. batch range = the finite min / max of input (NaN / +-Inf ignored), or of
+//      input_range's one or two float32 elements ([lo, hi]; one element v is
+//      [v, v]) when given: every distributed rank then grows its range the same
+//      way (all-reduce the batch min / max first), and equal-range histograms can
+//      be summed. Nothing finite: no change.
+//   2. range = the batch range the first time (old counts discarded), else the
+//      union; when it grows, the old counts are re-binned by overlap proportion
+//      (uniform density within a bin, mass preserved up to float64 rounding).
+//   3. each finite value x adds 1 to bin clamp(floor((x - lo) * B / (hi - lo)),
+//      0, B - 1) (float64; x == hi in the last bin; values outside an input_range
+//      clamp into the edge bins). A degenerate range (lo == hi, a constant input)
+//      is a point mass at lo in bin 0; it moves whole to lo's bin when the range grows.
+// Not differentiable (input may require grad; the state must not).
+Q8_API void histogram_observe(
+    const at::Tensor& input,
+    const at::Tensor& observer_on,
+    const at::Tensor& histogram,
+    const at::Tensor& hist_min,
+    const at::Tensor& hist_max,
+    const std::optional<at::Tensor>& input_range = std::nullopt);
+
+// (scale 0-dim float32, zero_point 0-dim int32) on the histogram's device, computed
+// there (no sync) with choose_qparams' formulas from a clipped range (extended to
+// hold 0 as choose_qparams does). percentile p in (0, 100] is the percent of the
+// mass kept:
+//   asymmetric: [lo, hi], lo = the quantile at (1 - p/100) / 2 and hi the one at
+//     1 - (1 - p/100) / 2 (counted from the right end), linear inside a bin;
+//   symmetric: [-a, a], a = the smallest float32 whose mass of |x| <= a is at
+//     least p/100 of the total (uniform density within a bin).
+// p = 100, a histogram without mass or a degenerate range give the full
+// [hist_min, hist_max]; no observation yet gives choose_qparams of an empty input.
+Q8_API std::tuple<at::Tensor, at::Tensor> histogram_qparams(
+    const at::Tensor& histogram,
+    const at::Tensor& hist_min,
+    const at::Tensor& hist_max,
+    double percentile,
+    int64_t quant_min,
+    int64_t quant_max,
+    bool symmetric = false);
+
 // Called by the inline variable below, so that any program that includes this
 // header links libq8 and so runs its operator registrations.
 Q8_API int64_t register_ops();
