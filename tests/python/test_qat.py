@@ -478,3 +478,22 @@ def test_prepared_model_scripts_and_round_trips_state_dict():
     q8.freeze_observers(fresh)
     q8.freeze_observers(model)
     assert torch.equal(fresh(x), model(x))
+
+
+@pytest.mark.parametrize("observer", ["moving_average", "minmax", "current"])
+@pytest.mark.parametrize("learnable", [False, True])
+def test_compile_fullgraph_training_step(observer, learnable):
+    cfg = q8.QConfig(activation_observer=observer, learnable=learnable)
+    model = q8.prepare_qat(nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 6 * 6, 3)), cfg)
+    eager = copy.deepcopy(model)
+    compiled = torch.compile(model, fullgraph=True, backend="aot_eager")
+    for step in range(3):
+        x = torch.randn(4, 1, 8, 8) * (step + 1)
+        out_c, out_e = compiled(x), eager(x)
+        assert torch.equal(out_c, out_e)
+        out_c.square().sum().backward()
+        out_e.square().sum().backward()
+    for (name, a), b in zip(model.state_dict().items(), eager.state_dict().values()):
+        assert torch.equal(a, b), name
+    for (name, a), b in zip(model.named_parameters(), eager.parameters()):
+        assert torch.equal(a.grad, b.grad), name
