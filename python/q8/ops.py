@@ -39,6 +39,8 @@ __all__ = [
     "cpu_isa",
     "cpu_isas",
     "set_cpu_isa",
+    "histogram_observe",
+    "histogram_qparams",
 ]
 
 
@@ -272,3 +274,82 @@ def set_cpu_isa(isa: str) -> str:
     environment does the same for a whole process.
     """
     return torch.ops.q8._set_cpu_isa(isa)
+
+
+def histogram_observe(
+    input: Tensor,
+    observer_on: Tensor,
+    histogram: Tensor,
+    hist_min: Tensor,
+    hist_max: Tensor,
+    input_range: Optional[Tensor] = None,
+) -> None:
+    """Add the finite values of ``input`` to a histogram observer's state, **in place**.
+
+    State (buffers, all on ``input``'s device, must not require grad):
+
+    * ``histogram``: contiguous 1-D float64 tensor of B >= 1 bins (the caller
+      chooses B, e.g. 2048), zeros at the start;
+    * ``hist_min`` / ``hist_max``: one-element float32 tensors, ``+inf`` / ``-inf``
+      before the first observation (the histogram's content is then ignored).
+
+    ``observer_on``: a one-element bool, integer or float tensor, read on the
+    device (a CUDA call never synchronizes with the host); 0 leaves everything
+    unchanged. ``input``: float32, float16 or bfloat16, any shape and strides.
+
+    When on:
+
+    1. The batch range is the min / max of the finite values of ``input`` (NaN
+       and +-inf are ignored), or, when ``input_range`` is given (float32, one or
+       two elements ``[lo, hi]``, one element ``v`` meaning ``[v, v]``), the
+       min / max of its finite elements. Nothing finite: no change.
+    2. The range becomes the batch range at the first observation, later the
+       union of the current range and the batch range. When it grows, the old
+       counts are re-binned into the new bins by overlap proportion (uniform
+       density within a bin; the mass is preserved up to float64 rounding).
+    3. Every finite value ``x`` adds 1 to bin
+       ``clamp(floor((x - lo) * B / (hi - lo)), 0, B - 1)`` computed in float64
+       (``torch.histc``'s formula: ``hi`` goes in the last bin; values outside an
+       ``input_range`` clamp into the edge bins).
+
+    A degenerate range ``lo == hi`` (a constant input) is a point mass at ``lo``
+    stored in bin 0; when the range later grows, it moves whole into the bin of
+    ``lo``.
+
+    ``input_range`` is for distributed training: all-reduce the batch min / max
+    (MIN / MAX) across ranks and pass them, so that every rank grows its range
+    identically and the histograms can be summed (all-reduce SUM) at any time.
+    With it, a rank whose batch is empty still grows its range.
+    """
+    torch.ops.q8.histogram_observe(input, observer_on, histogram, hist_min, hist_max, input_range)
+
+
+def histogram_qparams(
+    histogram: Tensor,
+    hist_min: Tensor,
+    hist_max: Tensor,
+    percentile: float,
+    quant_min: int,
+    quant_max: int,
+    symmetric: bool = False,
+) -> Tuple[Tensor, Tensor]:
+    """``(scale, zero_point)`` (0-dim float32 / int32) from a histogram observer's state.
+
+    Computed on the histogram's device without a host synchronization, with
+    :func:`choose_qparams`' formulas on a clipped range (extended to hold 0, as
+    there). ``percentile`` ``p`` in (0, 100] is the percent of the mass kept; the
+    density is uniform within each bin:
+
+    * asymmetric: ``[lo, hi]`` with ``lo`` the quantile at ``(1 - p/100) / 2`` and
+      ``hi`` the quantile at ``1 - (1 - p/100) / 2`` (searched from the right end,
+      so both tails lose the same mass), linear inside the bin;
+    * symmetric: ``[-a, a]`` with ``a`` the smallest float32 such that the mass of
+      ``|x| <= a`` is at least ``p/100`` of the total (the exact quantile of ``|x|``
+      rounded up to float32, by bisection);
+    * ``p == 100``, a histogram without mass, or a degenerate range: the full
+      ``[hist_min, hist_max]`` (``p == 100`` equals :func:`choose_qparams` on all
+      the observed data when no ``input_range`` was used);
+    * no observation yet: :func:`choose_qparams` of an empty input
+      (``scale = float32 eps``, ``zero_point = quant_min`` asymmetric).
+    """
+    return torch.ops.q8.histogram_qparams(histogram, hist_min, hist_max, percentile, quant_min, quant_max, symmetric)
