@@ -497,3 +497,59 @@ def test_compile_fullgraph_training_step(observer, learnable):
         assert torch.equal(a, b), name
     for (name, a), b in zip(model.named_parameters(), eager.parameters()):
         assert torch.equal(a.grad, b.grad), name
+
+
+# ---------------------------------------------------------------- percentile observer
+def test_percentile_observer_matches_quantiles(device):
+    fq = FakeQuantize("percentile", percentile=99.0, bins=2048, device=device)
+    xs = [torch.randn(20000) * (i + 1) + 0.5 * i for i in range(3)]  # the range grows twice
+    for x in xs:
+        fq(x.to(device))
+    data = torch.cat(xs).double()
+    assert fq.histogram.sum().item() == data.numel()
+    assert fq.running_min.item() == data.min().item() and fq.running_max.item() == data.max().item()
+    lo, hi = (torch.quantile(data, q).item() for q in (0.005, 0.995))
+    bin_width = (data.max() - data.min()).item() / 2048
+    # the kept range [lo, hi] within a few bin widths (re-binned counts are spread uniformly)
+    s_lo = -fq.zero_point.item() * fq.scale.item()
+    s_hi = (255 - fq.zero_point.item()) * fq.scale.item()
+    assert abs(s_lo - lo) < 4 * bin_width + fq.scale.item()
+    assert abs(s_hi - hi) < 4 * bin_width + fq.scale.item()
+
+
+def test_percentile_100_equals_minmax(device):
+    fq = FakeQuantize("percentile", percentile=100.0, device=device)
+    mm = FakeQuantize("minmax", device=device)
+    for i in range(3):
+        x = torch.randn(500, device=device) * (i + 2) + i
+        fq(x)
+        mm(x)
+    assert torch.equal(fq.scale, mm.scale) and torch.equal(fq.zero_point, mm.zero_point)
+    x = torch.randn(300, device=device) * 4
+    assert torch.equal(fq(x), mm(x))
+
+
+def test_percentile_clips_outliers_better_than_minmax():
+    torch.manual_seed(3)
+    x = torch.randn(100000)
+    x[:10] = 1000.0  # a few outliers stretch a min/max range
+    pct = FakeQuantize("percentile", "per_tensor_symmetric", percentile=99.9)
+    mm = FakeQuantize("minmax", "per_tensor_symmetric")
+    err = {}
+    for name, fq in (("percentile", pct), ("minmax", mm)):
+        fq(x)
+        err[name] = (fq(x[10:]) - x[10:]).square().mean().item()
+    assert err["percentile"] < 0.01 * err["minmax"]
+
+
+def test_percentile_scripting_calibration_and_convert():
+    model = q8.prepare(mlp(), q8.QConfig(activation_observer="percentile", percentile=99.9))
+    assert model[0].input_fake_quant.histogram.numel() == 2048
+    scripted = torch.jit.script(copy.deepcopy(model))
+    xs = [torch.randn(64, 20) for _ in range(3)]
+    for x in xs:
+        assert torch.equal(scripted(x), model(x))
+    q8.calibrate(model, xs, progress=False)
+    fq_out = model(xs[0])
+    converted = q8.convert(copy.deepcopy(model))
+    torch.testing.assert_close(converted(xs[0]), fq_out, rtol=0, atol=2e-5)
