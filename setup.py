@@ -69,6 +69,8 @@ def _has_ninja():
         return False
 
 
+DEMO_REQUIRES = ["scikit-learn", "matplotlib", "tqdm"]
+
 setup(
     name="q8",
     version="0.1.0",
@@ -81,5 +83,8 @@ setup(
     ext_modules=[CMakeExtension("q8.libq8")],
     cmdclass={"build_ext": CMakeBuild},
     install_requires=["torch>=2.11,<2.15"],
+    # q8-demo (python -m q8.demo) needs these; q8 itself does not.
+    extras_require={"demo": DEMO_REQUIRES},
+    entry_points={"console_scripts": ["q8-demo = q8.demo:main"]},
     zip_safe=False,
 )

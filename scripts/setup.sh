@@ -2,7 +2,7 @@
 # One command on a fresh machine: Debian packages (if missing), .venv at the repo
 # root with torch, the build of libq8 and the q8 package, then the main job.
 #
-#   bash scripts/setup.sh              # set up and run the main job
+#   bash scripts/setup.sh              # set up and run the main job (quickstart, then q8-demo)
 #   bash scripts/setup.sh --no-run     # set up only
 #
 # Q8_TORCH picks the torch requirement (default torch==2.13.0, the CPU build;
@@ -39,7 +39,9 @@ echo "q8 setup: building libq8 ($(.venv/bin/python -c 'import torch; print("torc
 MAX_JOBS="${MAX_JOBS:-$(nproc)}" .venv/bin/python -m pip install -q --no-build-isolation -e .
 .venv/bin/python -c "import q8; print('q8', q8.__version__, 'loaded; CPU kernels:', q8.cpu_isa())"
 
-# 4. The main job.
+# 4. The main job: the quickstart, then q8-demo (train a digits CNN, quantize it to
+#    int8 three ways, export to TorchScript, compare; writes q8-demo-out/report.md).
 if [ "$run_main" = 1 ]; then
   .venv/bin/python examples/python/quickstart.py
+  .venv/bin/q8-demo --out q8-demo-out
 fi
