@@ -78,6 +78,24 @@ def main():
         ok &= same(o_gpu[1], o_cpu[1], f"observe_fake_quantize mask axis={axis}")
         for a, b, w in zip(s_gpu, s_cpu, ("running_min", "running_max", "scale", "zero_point")):
             ok &= same(a, b, f"observe_fake_quantize {w} axis={axis}")
+    # Histogram observer (state updated in place on both devices) and its qparams.
+    for bins in (100, 2048, 9000):
+        hs = {}
+        for dev in ("cpu", d):
+            st = [torch.zeros(bins, dtype=torch.float64, device=dev), torch.full((1,), float("inf"), device=dev),
+                  torch.full((1,), -float("inf"), device=dev)]
+            on = torch.tensor(1, device=dev)
+            for step in range(3):
+                q8.histogram_observe(x.to(dev) * (1 + step) - step, on, *st)
+            q8.histogram_observe(x.to(dev).half(), on, *st, torch.tensor([-60.0, 70.0], device=dev))
+            qp = [q8.histogram_qparams(*st, p, qmin, qmax, sym) for p, qmin, qmax, sym in
+                  ((100.0, 0, 255, False), (99.9, 0, 255, False), (99.0, -128, 127, True))]
+            hs[dev] = (st, qp)
+        for a, b, w in zip(hs[d][0], hs["cpu"][0], ("histogram", "hist_min", "hist_max")):
+            ok &= same(a, b, f"histogram_observe {w} bins={bins}")
+        for i, (a, b) in enumerate(zip(hs[d][1], hs["cpu"][1])):
+            ok &= same(a[0], b[0], f"histogram_qparams scale #{i} bins={bins}")
+            ok &= same(a[1], b[1], f"histogram_qparams zero_point #{i} bins={bins}")
     # Int8 linear.
     w = torch.randn(70, 131)
     w8, ws = q8.quantize_weight(w)

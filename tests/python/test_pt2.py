@@ -75,6 +75,22 @@ def sample_inputs(device, requires_grad):
         (OPS.observe_fake_quantize.default, (x_(), on(1.0, torch.float32), on(1), *state(1), 1.0, -128, 127, None,
                                              True)),
     ]
+    # The histogram observer: state updated in place; qparams from a filled histogram.
+    def hist_state(bins, lo=float("inf"), hi=-float("inf")):
+        return (torch.zeros(bins, dtype=torch.float64, device=device), torch.full((1,), lo, device=device),
+                torch.full((1,), hi, device=device))
+
+    filled = hist_state(64)
+    torch.ops.q8.histogram_observe(torch.randn(500, device=device), on(1), *filled)
+    samples += [
+        (OPS.histogram_observe.default, (x_(8, 33), on(1), *hist_state(64), None)),
+        (OPS.histogram_observe.default, (x_(4, 6, 7, dtype=torch.bfloat16), on(1, torch.bool), *hist_state(17, -1.0, 2.0),
+                                         torch.tensor([-3.0, 1.0], device=device))),
+        (OPS.histogram_observe.default, (x_(9, 5, dtype=torch.float16).transpose(0, 1), on(0), *hist_state(8), None)),
+        (OPS.histogram_qparams.default, (*filled, 99.9, 0, 255, False)),
+        (OPS.histogram_qparams.default, (*filled, 99.0, -128, 127, True)),
+        (OPS.histogram_qparams.default, (*hist_state(16), 100.0, 0, 255, False)),
+    ]
     # The int8 linear family (inference ops: backward raises, so no requires_grad samples).
     w = torch.randn(19, 37, device=device)
     w8, ws = q8.quantize_weight(w)
@@ -121,7 +137,8 @@ def test_opcheck_every_op(device, requires_grad):
 def test_ops_carry_pt2_compliant_tag():
     for name in ["fake_quantize_per_tensor", "fake_quantize_per_channel", "choose_qparams", "quantize", "dequantize",
                  "_fake_quantize_cachemask", "_fake_quantize_mask_backward", "_fake_quantize_learnable_backward",
-                 "quantize_weight", "pack_weight", "unpack_weight", "int8_mm", "linear", "observe_fake_quantize"]:
+                 "quantize_weight", "pack_weight", "unpack_weight", "int8_mm", "linear", "observe_fake_quantize",
+                 "histogram_observe", "histogram_qparams"]:
         assert torch.Tag.pt2_compliant_tag in getattr(OPS, name).default.tags, name
 
 
@@ -261,3 +278,33 @@ def test_import_fails_clearly_without_the_library(tmp_path):
                          timeout=300)
     assert res.returncode != 0
     assert "libq8.so is missing" in res.stderr and "pip install --no-build-isolation -e ." in res.stderr
+
+
+def test_compile_fullgraph_histogram_calibration(device):
+    """histogram_observe (in-place state, functionalized) and histogram_qparams in one compiled graph."""
+    torch._dynamo.reset()
+
+    def f(x, flag, h, lo, hi, rng):
+        torch.ops.q8.histogram_observe(x, flag, h, lo, hi)
+        torch.ops.q8.histogram_observe(x * 3, flag, h, lo, hi, rng)
+        s, z = torch.ops.q8.histogram_qparams(h, lo, hi, 99.0, -128, 127, True)
+        return s * 2, z
+
+    def state():
+        return (torch.zeros(128, dtype=torch.float64, device=device), torch.full((1,), float("inf"), device=device),
+                torch.full((1,), -float("inf"), device=device))
+
+    flag = torch.ones(1, dtype=torch.long, device=device)
+    for backend in ("aot_eager", "inductor"):
+        cf = torch.compile(f, fullgraph=True, backend=backend)
+        a, b = state(), state()
+        for i in range(3):
+            x = torch.randn(40, 9, device=device) * (i + 1)
+            rng = torch.tensor([-20.0 * (i + 1), 15.0], device=device)
+            ya = f(x, flag, *a, rng)
+            yb = cf(x, flag, *b, rng)
+            assert_same(ya[0], yb[0])
+            assert_same(ya[1], yb[1])
+            for u, v in zip(a, b):
+                assert_same(u, v)
+        torch._dynamo.reset()
