@@ -38,6 +38,7 @@ echo "=== Benchmark smoke run (numbers here are not measurements) ==="
 python benchmarks/bench_fake_quantize.py --quick
 python benchmarks/bench_linear.py --quick --no-torchao
 python benchmarks/bench_observer.py --quick
+python benchmarks/bench_histogram.py --quick
 
 echo "=== Python tests (pytest) ==="
 python -m pytest tests/python -q -p no:cacheprovider
