@@ -38,6 +38,7 @@ echo "=== Benchmark smoke run (numbers here are not measurements) ==="
 python benchmarks/bench_fake_quantize.py --quick
 python benchmarks/bench_linear.py --quick --no-torchao
 python benchmarks/bench_observer.py --quick
+python -W ignore benchmarks/bench_qat.py --quick
 python benchmarks/bench_histogram.py --quick
 
 echo "=== Python tests (pytest) ==="
