@@ -34,6 +34,11 @@ if [ "${Q8_SKIP_SANITIZERS:-0}" != 1 ]; then
   (cd build/asan && ctest --output-on-failure -j "$JOBS")
 fi
 
+echo "=== C++ examples against the installed q8 package (ctest) ==="
+# examples/cpp/* built with find_package(q8) from a `cmake --install` of build/py,
+# compared with Python (scripts/test_examples.sh; about 1-2 minutes on 2 cores).
+bash scripts/test_examples.sh
+
 echo "=== Benchmark smoke run (numbers here are not measurements) ==="
 python benchmarks/bench_fake_quantize.py --quick
 python benchmarks/bench_linear.py --quick --no-torchao
