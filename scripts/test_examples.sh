@@ -15,7 +15,8 @@
 #    CMAKE_PREFIX_PATH="build/examples/prefix;<torch>") builds the examples and
 #    three registration checks in build/examples/build, and ctest runs them:
 #    infer's logits must be bit-equal to Python's, qat_train's loss must fall and
-#    its saved model load back (in C++ and in Python).
+#    its saved model load back (in C++ and in Python); q8-demo's int8 models run in
+#    infer too, when the demo's dependencies are installed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -36,7 +37,20 @@ echo "q8 installed into $OUT/prefix (from $BUILD_DIR)"
 
 python tests/examples/make_data.py --out "$OUT/data"
 
+# q8-demo's int8 models too, when its dependencies are installed (about 10 s):
+# infer runs them on the demo's test set. Q8_SKIP_DEMO=1 skips them.
+DEMO=""
+if [ "${Q8_SKIP_DEMO:-0}" != 1 ] && python -c "import sklearn, matplotlib, tqdm" >/dev/null 2>&1; then
+  DEMO="$OUT/demo"
+  python -m q8.demo --quick --threads 1 --no-progress --out "$DEMO" >"$OUT/demo.log" 2>&1 \
+    || { cat "$OUT/demo.log"; exit 1; }
+  grep -E "test accuracy" "$OUT/demo.log" || true
+  python tests/examples/make_data.py --demo-out "$DEMO"
+else
+  echo "q8-demo's models skipped (Q8_SKIP_DEMO=1, or scikit-learn / matplotlib / tqdm missing)"
+fi
+
 cmake -S tests/examples -B "$OUT/build" -G Ninja -DCMAKE_PREFIX_PATH="$OUT/prefix;$TORCH_PREFIX" \
-  -DQ8_EXAMPLES_DATA="$OUT/data" -DQ8_PYTHON="$(command -v python)" >/dev/null
+  -DQ8_EXAMPLES_DATA="$OUT/data" -DQ8_EXAMPLES_DEMO="$DEMO" -DQ8_PYTHON="$(command -v python)" >/dev/null
 cmake --build "$OUT/build" -j "$JOBS"
 (cd "$OUT/build" && ctest --output-on-failure -j "$JOBS")

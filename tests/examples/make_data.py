@@ -20,6 +20,13 @@ Writes into DIR:
 
 Small and quick on purpose (a few seconds on one core): the test compares C++
 with Python, not the quality of the model (q8-demo does that).
+
+    python tests/examples/make_data.py --demo-out DIR
+
+instead takes the TorchScript files that q8-demo wrote into DIR (``q8-demo --out
+DIR``: float32.pt, int8_dynamic.pt, int8_static.pt, int8_qat.pt), and writes
+beside them the demo's test set (``inputs.pt``, ``labels.pt``, ``test.pt``, from
+``q8.demo.load_data``) and the same ``<model>.logits.pt`` / ``.accuracy.txt``.
 """
 import argparse
 import os
@@ -95,20 +102,53 @@ def batched_logits(model, x):
     return torch.cat([model(x[i:i + BATCH]) for i in range(0, len(x), BATCH)])
 
 
+def save_reference(name, loaded, x_test, y_test, out, source):
+    """Python's logits and accuracy of a reloaded TorchScript model, as ``infer --threads 1`` computes them."""
+    logits = batched_logits(loaded, x_test)
+    acc = 100.0 * int((logits.argmax(1) == y_test).sum()) / len(y_test)
+    torch.save(logits, os.path.join(out, name + ".logits.pt"))
+    with open(os.path.join(out, name + ".accuracy.txt"), "w") as f:
+        f.write(f"{acc:.2f}\n")
+    print(f"{name}: {source}, test accuracy {acc:.2f} % (Python, reloaded TorchScript)")
+
+
+def save_test_set(out, x_test, y_test):
+    torch.save(x_test, os.path.join(out, "inputs.pt"))
+    torch.save(y_test, os.path.join(out, "labels.pt"))
+    torch.save({"inputs": x_test, "labels": y_test}, os.path.join(out, "test.pt"))
+
+
+def demo_references(out):
+    from q8 import demo
+
+    _, _, x_test, y_test, _ = demo.load_data()
+    save_test_set(out, x_test, y_test)
+    names = [n for n in ("int8_qat", "int8_static", "int8_dynamic", "float32")
+             if os.path.exists(os.path.join(out, n + ".pt"))]
+    if not names:
+        raise SystemExit(f"no q8-demo TorchScript file in {out}")
+    for name in names:
+        save_reference(name, torch.jit.load(os.path.join(out, name + ".pt")).eval(), x_test, y_test, out,
+                       "q8-demo's model and test set")
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--out", required=True)
+    g = p.add_mutually_exclusive_group(required=True)
+    g.add_argument("--out", help="train small models and write them, the data and Python's results here")
+    g.add_argument("--demo-out", help="a q8-demo --out folder: write its test set and Python's results there")
     args = p.parse_args()
-    os.makedirs(args.out, exist_ok=True)
     torch.set_num_threads(1)
     torch.manual_seed(0)
+    if args.demo_out:
+        demo_references(args.demo_out)
+        return
+    os.makedirs(args.out, exist_ok=True)
 
     (x_train, y_train, x_test, y_test), source = load_digits_data()
     torch.save({"x_train": x_train, "y_train": y_train, "x_test": x_test, "y_test": y_test},
                os.path.join(args.out, "digits.pt"))
-    torch.save(x_test, os.path.join(args.out, "inputs.pt"))
-    torch.save(y_test, os.path.join(args.out, "labels.pt"))
-    torch.save({"inputs": x_test, "labels": y_test}, os.path.join(args.out, "test.pt"))
+    save_test_set(args.out, x_test, y_test)
 
     float_model = train(SmallCNN(), x_train, y_train, epochs=4, lr=3e-3)
     qat = q8.prepare_qat(SmallCNN().eval(), q8.QConfig())
@@ -127,12 +167,7 @@ def main():
             warnings.simplefilter("ignore", DeprecationWarning)
             torch.jit.save(torch.jit.script(model), path)
             loaded = torch.jit.load(path).eval()
-        logits = batched_logits(loaded, x_test)
-        acc = 100.0 * int((logits.argmax(1) == y_test).sum()) / len(y_test)
-        torch.save(logits, os.path.join(args.out, name + ".logits.pt"))
-        with open(os.path.join(args.out, name + ".accuracy.txt"), "w") as f:
-            f.write(f"{acc:.2f}\n")
-        print(f"{name}: {source}, test accuracy {acc:.2f} % (Python, reloaded TorchScript) -> {path}")
+        save_reference(name, loaded, x_test, y_test, args.out, source)
 
 
 if __name__ == "__main__":
