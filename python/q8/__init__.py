@@ -48,6 +48,8 @@ from . import _fake  # noqa: E402,F401  (device-aware fake kernels)
 # The workflow lives in q8.quantization (not q8/quantize.py: that submodule would
 # shadow the q8.quantize op).
 from . import nn  # noqa: E402
+from . import onnx, serialization  # noqa: E402,F401  (q8.onnx.export, q8.serialization)
+from .serialization import load  # noqa: E402
 from .config import QConfig  # noqa: E402
 from .quantization import (  # noqa: E402
     calibrate,
@@ -95,6 +97,7 @@ __all__ = [
     "fake_quantize_per_tensor",
     "int8_mm",
     "linear",
+    "load",
     "nn",
     "observe_fake_quantize",
     "pack_weight",

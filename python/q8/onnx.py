@@ -33,8 +33,10 @@ What is translated (``opset_version`` 18 or later; default 20):
     ``"weight_only"``: int8 weight initializer + ``DequantizeLinear`` and a float
     ``Gemm``/``MatMul``; static inputs get a uint8 Q/DQ pair. ``"dynamic"`` is
     refused: its per-row run-time activation quantization has no standard QDQ form;
-  - :class:`q8.nn.Int8Conv2d` needs no change (its graph is already ``q8.dequantize``
-    of int8 codes, plus a Q/DQ pair on the input when it was converted).
+  - :class:`q8.nn.Int8Conv2d`: its weight is dequantized with ``q8.dequantize`` for
+    the export (int8 initializer + ``DequantizeLinear``; eager ``Int8Conv2d`` uses the
+    bit-identical plain ``codes * scale``, which AOTInductor can load), plus a Q/DQ
+    pair on the input when it was converted.
 
 Semantics and tolerance. ONNX ``QuantizeLinear`` computes
 ``saturate(round_half_even(x / scale) + zero_point)``; q8 computes
@@ -153,6 +155,14 @@ class _Int8LinearQDQ(torch.nn.Module):
         return F.linear(x, weight.to(x.dtype), None if bias is None else bias.to(x.dtype))
 
 
+class _Int8Conv2dQDQ(Int8Conv2d):
+    """``Int8Conv2d`` whose weight goes through ``q8.dequantize`` (exported as ``DequantizeLinear``)."""
+
+    def dequantized_weight(self, dtype: torch.dtype = torch.float32) -> Tensor:
+        zero_point = torch.zeros_like(self.weight_scale, dtype=torch.int32)
+        return torch.ops.q8.dequantize(self.weight_int8, self.weight_scale, zero_point, 0, torch.float32).to(dtype)
+
+
 def _fake_quant_module(fq: FakeQuantize, name: str, narrow_range: str) -> torch.nn.Module:
     if bool(fq.observer_enabled.detach().cpu().reshape(-1)[0] != 0):
         raise OnnxExportError(
@@ -215,8 +225,8 @@ def prepare_for_onnx(model: torch.nn.Module, narrow_range: str = "clip") -> torc
                         "quantize it with onnxruntime.quantization.quantize_dynamic, or use q8.prepare / "
                         "q8.calibrate / q8.convert (static) or activation='weight_only'")
                 setattr(module, child_name, _Int8LinearQDQ(child))
-            elif isinstance(child, Int8Conv2d) and child.input_scale is not None:
-                pass  # q8.fake_quantize_per_tensor + q8.dequantize already: translated below
+            elif type(child) is Int8Conv2d:
+                child.__class__ = _Int8Conv2dQDQ  # a deep copy: the caller's layer is unchanged
     return model
 
 

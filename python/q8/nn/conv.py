@@ -4,7 +4,7 @@ q8 has no int8 convolution kernel. ``Int8Conv2d`` keeps the weight as int8 codes
 (per output channel, symmetric, codes in [-127, 127], as ``q8.quantize_weight``)
 plus one float32 scale per output channel: the layer takes a quarter of the memory
 and of the file of a float32 ``nn.Conv2d``. Each forward dequantizes the weight
-(``q8.dequantize``, a pass over the int8 weight) and calls ``F.conv2d`` in the
+(``weight_int8 * weight_scale``, a pass over the int8 weight) and calls ``F.conv2d`` in the
 input's dtype. It is therefore a *size* optimization, not a speed one: expect the
 latency of the float convolution plus the dequantization.
 
@@ -149,8 +149,11 @@ class Int8Conv2d(torch.nn.Module):
 
     def dequantized_weight(self, dtype: torch.dtype = torch.float32) -> Tensor:
         """The float weight the layer computes with: ``weight_int8 * weight_scale`` per output channel."""
-        zero_point = torch.zeros_like(self.weight_scale, dtype=torch.int32)
-        return torch.ops.q8.dequantize(self.weight_int8, self.weight_scale, zero_point, 0, torch.float32).to(dtype)
+        # q8.dequantize with zero points 0, written in plain ops: (q - 0) * scale is q * scale
+        # bit for bit, and AOTInductor cannot load q8::dequantize's defaulted dtype argument
+        # (docs/export.md).
+        scale = self.weight_scale.reshape(-1, 1, 1, 1)
+        return (self.weight_int8.to(torch.float32) * scale).to(dtype)
 
     def forward(self, x: Tensor) -> Tensor:
         input_scale = self.input_scale
