@@ -389,6 +389,17 @@ def _config(config: Optional[QConfig]) -> QConfig:
     return config
 
 
+def _around(qat, layer, out_channels: int, config: QConfig):
+    """Give ``qat`` (built on the meta device) ``layer``'s own parameters and fake quantizers on their device."""
+    device = layer.weight.device
+    qat.weight = layer.weight
+    qat.bias = layer.bias
+    qat.weight_fake_quant = config.weight_fake_quant(out_channels, device=device)
+    qat.input_fake_quant = config.activation_fake_quant(device=device)
+    qat.train(layer.training)
+    return qat
+
+
 class QATLinear(torch.nn.Linear):
     """``nn.Linear`` with its weight fake-quantized per output channel and its input per tensor.
 
@@ -415,14 +426,8 @@ class QATLinear(torch.nn.Linear):
         if not isinstance(linear, torch.nn.Linear):
             raise TypeError(f"QATLinear.from_float: expected a torch.nn.Linear, got {type(linear).__name__}")
         config = _config(config)
-        device = linear.weight.device
         qat = cls(linear.in_features, linear.out_features, linear.bias is not None, config, device="meta")
-        qat.weight = linear.weight
-        qat.bias = linear.bias
-        qat.weight_fake_quant = config.weight_fake_quant(linear.out_features, device=device)
-        qat.input_fake_quant = config.activation_fake_quant(device=device)
-        qat.train(linear.training)
-        return qat
+        return _around(qat, linear, linear.out_features, config)
 
     def forward(self, input: Tensor) -> Tensor:
         return F.linear(self.input_fake_quant(input), self.weight_fake_quant(self.weight), self.bias)
@@ -449,15 +454,9 @@ class QATConv2d(torch.nn.Conv2d):
         if not isinstance(conv, torch.nn.Conv2d):
             raise TypeError(f"QATConv2d.from_float: expected a torch.nn.Conv2d, got {type(conv).__name__}")
         config = _config(config)
-        device = conv.weight.device
         qat = cls(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding, conv.dilation,
                   conv.groups, conv.bias is not None, conv.padding_mode, config, device="meta")
-        qat.weight = conv.weight
-        qat.bias = conv.bias
-        qat.weight_fake_quant = config.weight_fake_quant(conv.out_channels, device=device)
-        qat.input_fake_quant = config.activation_fake_quant(device=device)
-        qat.train(conv.training)
-        return qat
+        return _around(qat, conv, conv.out_channels, config)
 
     def forward(self, input: Tensor) -> Tensor:
         return self._conv_forward(self.input_fake_quant(input), self.weight_fake_quant(self.weight), self.bias)
