@@ -168,7 +168,7 @@ Dataset synthetic_dataset(int64_t n_train, int64_t n_test, uint64_t seed) {
   at::Tensor centers = torch::randn({classes, dim});
   auto make = [&](int64_t n) {
     at::Tensor y = torch::randint(classes, {n}, torch::kLong);
-    at::Tensor x = centers.index_select(0, y) + 1.2 * torch::randn({n, dim});
+    at::Tensor x = centers.index_select(0, y) + 2.0 * torch::randn({n, dim});
     return std::make_pair(x, y);
   };
   auto [xtr, ytr] = make(n_train);
