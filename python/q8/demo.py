@@ -375,27 +375,37 @@ def plot_weight_histogram(float_layer, int8_layer, layer_name, path):
     plt.close(fig)
 
 
-def plot_tradeoff(rows, latency_label, path):
+def plot_tradeoff(rows, latency_labels, path):
+    """Accuracy against median latency, one panel per batch size; labels staggered (points often coincide)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    colors = {FLOAT: "tab:blue", DYNAMIC: "tab:orange", STATIC: "tab:green", QAT: "tab:red"}
-    for r in rows:
-        x = r["latency"][latency_label] * 1e3
-        ax.scatter([x], [r["accuracy"]], s=30 + 120 * r["size_ratio"] / max(rr["size_ratio"] for rr in rows),
-                   color=colors.get(r["name"], "tab:gray"), zorder=3)
-        ax.annotate(f"{r['name']}\n{r['size'] / 1024:.0f} KiB", (x, r["accuracy"]), textcoords="offset points",
-                    xytext=(8, 4), fontsize=9)
-    ax.set_xlabel(f"median latency per batch of {latency_label.split()[-1]} (ms, TorchScript, reloaded)")
-    ax.set_ylabel("test accuracy (%)")
-    ax.set_title("Accuracy against latency (marker size: model file size)")
-    ax.grid(True, alpha=0.3)
-    xs = [r["latency"][latency_label] * 1e3 for r in rows]
-    ax.set_xlim(0, max(xs) * 1.45)
+    styles = {FLOAT: ("tab:blue", "o"), DYNAMIC: ("tab:orange", "s"), STATIC: ("tab:green", "^"),
+              QAT: ("tab:red", "D")}
     accs = [r["accuracy"] for r in rows]
-    ax.set_ylim(min(accs) - 1.0, max(accs) + 0.6)
+    fig, axes = plt.subplots(1, len(latency_labels), figsize=(6.2 * len(latency_labels), 4.6), squeeze=False)
+    for ax, label in zip(axes[0], latency_labels):
+        xs = [r["latency"][label] * 1e3 for r in rows]
+        # Label slots top to bottom by accuracy (then latency): fewer crossing leader lines.
+        order = sorted(range(len(rows)), key=lambda j: (-rows[j]["accuracy"], xs[j]))
+        slot = {j: k for k, j in enumerate(order)}
+        for i, (r, x) in enumerate(zip(rows, xs)):
+            color, marker = styles.get(r["name"], ("tab:gray", "o"))
+            ax.scatter([x], [r["accuracy"]], s=70, marker=marker, facecolors="none", edgecolors=color, linewidths=2,
+                       zorder=3)
+            # Labels in a column at the right, with a leader line to their point.
+            ax.annotate(f"{r['name']}\n{r['accuracy']:.2f} %, {x:.3g} ms, {r['size'] / 1024:.0f} KiB "
+                        f"({r['size_ratio']:.2f}x)", (x, r["accuracy"]), textcoords="axes fraction",
+                        xytext=(0.56, 0.95 - 0.16 * slot[i]), fontsize=8, color=color, va="top",
+                        arrowprops={"arrowstyle": "-", "color": color, "lw": 0.6, "shrinkA": 2, "shrinkB": 6,
+                                    "relpos": (0.0, 0.5)})
+        ax.set_xlabel(f"median latency, {label} (ms; TorchScript, reloaded)")
+        ax.set_ylabel("test accuracy (%)")
+        ax.set_title(f"Accuracy against latency, {label}")
+        ax.grid(True, alpha=0.3)
+        ax.set_xlim(0, max(xs) * 2.1)
+        ax.set_ylim(min(accs) - 1.0, min(max(accs) + 0.6, 100.3))
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -597,7 +607,7 @@ def run(args):
     hist_path = os.path.join(args.out, "weight_histogram.png")
     plot_weight_histogram(model.fc1, int8_for_hist.fc1, "fc1", hist_path)
     trade_path = os.path.join(args.out, "accuracy_vs_latency.png")
-    plot_tradeoff(rows, "batch 256", trade_path)
+    plot_tradeoff(rows, labels, trade_path)
     wall = time.perf_counter() - start
     info = {
         "date": datetime.datetime.now().strftime("%Y-%m-%d %H:%M"),
