@@ -58,7 +58,11 @@ class CMakeBuild(build_ext):
         subprocess.check_call(["cmake", "--build", str(build_dir), "--target", "q8", "-j", jobs])
         # The package carries the library itself (not the versioned symlink chain).
         out_dir.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile((build_dir / "libq8.so").resolve(), out_dir / "libq8.so")
+        # Copy to a temporary name, then rename: a process that has the old libq8.so
+        # loaded keeps its (unlinked) file instead of seeing it rewritten under it.
+        tmp = out_dir / "libq8.so.tmp"
+        shutil.copyfile((build_dir / "libq8.so").resolve(), tmp)
+        os.replace(tmp, out_dir / "libq8.so")
 
 
 def _has_ninja():

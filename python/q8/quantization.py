@@ -132,12 +132,20 @@ def prepare_qat(model: torch.nn.Module, config: Optional[QConfig] = None) -> tor
     }, config.skip, "q8.prepare_qat")
 
 
+#: :func:`prepare`'s default: min / max activation observers. A moving average
+#: (QAT's default) with its constant of 0.01 would keep little more than the first
+#: calibration batch's range.
+PTQ_CONFIG = QConfig(activation_observer="minmax")
+
+
 def prepare(model: torch.nn.Module, config: Optional[QConfig] = None) -> torch.nn.Module:
     """For static PTQ: :func:`prepare_qat`, with the observers on and fake quantization off.
 
-    Then run :func:`calibrate` on representative data and :func:`convert`.
+    Then run :func:`calibrate` on representative data and :func:`convert`. The
+    default ``config`` is :data:`PTQ_CONFIG` (``QConfig(activation_observer="minmax")``);
+    ``QConfig(activation_observer="percentile")`` clips outliers instead.
     """
-    config = _qconfig(config, "q8.prepare")
+    config = PTQ_CONFIG if config is None else _qconfig(config, "q8.prepare")
     model = _swap(model, {
         torch.nn.Linear: lambda m, _: QATLinear.from_float(m, config),
         torch.nn.Conv2d: lambda m, _: QATConv2d.from_float(m, config),

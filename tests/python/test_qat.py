@@ -419,7 +419,8 @@ def test_calibrate_details():
     assert model.training  # the mode is restored
     fq = model[0].input_fake_quant
     assert fq.observer_enabled.item() == 0 and fq.fake_quant_enabled.item() == 1
-    expected = ao.MovingAverageMinMaxObserver(averaging_constant=0.01)
+    assert fq.observer == "minmax"  # prepare's default (q8.quantization.PTQ_CONFIG)
+    expected = ao.MinMaxObserver()
     for b in batches[:2]:
         expected(b)
     assert torch.equal(fq.running_min, expected.min_val) and torch.equal(fq.running_max, expected.max_val)
