@@ -24,6 +24,10 @@ from q8 import demo  # noqa: E402
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit:DeprecationWarning")
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+# The folder holding the q8 package this test imported (the source tree, or a venv's
+# site-packages where scripts/test_torch.sh installs q8 built for another torch), so
+# that subprocesses run that same q8.
+Q8_PARENT = os.path.dirname(os.path.dirname(os.path.abspath(q8.__file__)))
 ARGS = ["--quick", "--seed", "3", "--threads", "1", "--no-progress"]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -100,7 +104,7 @@ def test_accuracy_size_and_latency(quick_run):
 def test_same_seed_same_accuracy_in_a_subprocess(quick_run, tmp_path):
     """``python -m q8.demo`` with the same seed: identical accuracies (and the CLI works)."""
     env = dict(os.environ)
-    env["PYTHONPATH"] = os.path.join(REPO, "python") + os.pathsep + env.get("PYTHONPATH", "")
+    env["PYTHONPATH"] = Q8_PARENT + os.pathsep + env.get("PYTHONPATH", "")
     env["MPLBACKEND"] = "Agg"
     proc = subprocess.run([sys.executable, "-m", "q8.demo", *ARGS, "--out", str(tmp_path)], env=env,
                           capture_output=True, text=True, timeout=300)
@@ -135,7 +139,7 @@ def test_q8_imports_without_demo_dependencies():
             "except SystemExit as e:\n"
             "    print('EXIT', e.code)\n")
     env = dict(os.environ)
-    env["PYTHONPATH"] = os.path.join(REPO, "python") + os.pathsep + env.get("PYTHONPATH", "")
+    env["PYTHONPATH"] = Q8_PARENT + os.pathsep + env.get("PYTHONPATH", "")
     proc = subprocess.run([sys.executable, "-c", code, os.devnull], env=env, capture_output=True, text=True,
                           timeout=120)
     assert proc.returncode == 0, proc.stderr
