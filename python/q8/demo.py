@@ -22,7 +22,9 @@ What it does, in order:
      then ``q8.convert``;
 
 4. exports every model (float32 too) to TorchScript, saves it, loads it back and
-   evaluates the *reloaded* model on the test set (on ``--threads`` threads);
+   evaluates the *reloaded* model on the test set (on ``--threads`` threads); the
+   test set is saved too (``test.pt``: ``{"inputs", "labels"}``), for
+   ``examples/cpp/infer``;
 5. times every reloaded model at batch 256 and batch 1 (interleaved: one round
    runs every model once, median of the rounds), and prints and writes a table,
    two figures (weight histogram float32 vs int8, accuracy vs latency) and
@@ -526,6 +528,9 @@ def run(args):
     x_train, y_train, x_test, y_test, (mean, std) = load_data()
     background = (0.0 - mean) / std  # a blank pixel, standardized
     print(f"data: digits, {len(x_train)} train / {len(x_test)} test images (8x8), standardized")
+    # The test set beside the TorchScript files, for programs outside Python
+    # (examples/cpp/infer <model.pt> test.pt).
+    torch.save({"inputs": x_test.contiguous(), "labels": y_test.contiguous()}, os.path.join(args.out, "test.pt"))
 
     # 1. float32 model
     torch.manual_seed(args.seed)

@@ -81,6 +81,18 @@ def test_files(quick_run):
     int8_types = {t for r in quick_run["rows"][1:] for t in _module_types(torch.jit.load(r["file"]))}
     assert any("Int8Linear" in t for t in int8_types) and any("Int8Conv2d" in t for t in int8_types)
 
+    # the saved test set: the reloaded models score on it what the demo reported
+    test_set = torch.load(os.path.join(out, "test.pt"))
+    inputs, labels = test_set["inputs"], test_set["labels"]
+    assert inputs.shape == (len(labels), 1, 8, 8) and labels.dtype == torch.int64
+    for r in quick_run["rows"]:
+        with torch.no_grad():
+            predictions = torch.jit.load(r["file"])(inputs).argmax(1)
+        # the demo evaluates in batches: a float convolution's summation order may depend on
+        # the batch size, which can flip a near-tie, so one prediction of slack
+        one = 100.0 / len(labels)
+        assert 100.0 * (predictions == labels).double().mean().item() == pytest.approx(r["accuracy"], abs=one + 1e-9)
+
 
 def _module_types(scripted):
     return [m.original_name for m in scripted.modules()]
