@@ -19,7 +19,7 @@ import torch
 from .config import QConfig
 from .nn.conv import Int8Conv2d
 from .nn.linear import Int8Linear
-from .nn.qat import FakeQuantize, QATConv2d, QATLinear
+from .nn.qat import FakeQuantize, QATConv2d, QATLinear, _config
 
 __all__ = [
     "QConfig",
@@ -107,12 +107,11 @@ def quantize_dynamic(model: torch.nn.Module, activation: str = "dynamic", skip: 
     }, skip, "q8.quantize_dynamic")
 
 
-def _qconfig(config: Optional[QConfig], where: str) -> QConfig:
-    if config is None:
-        return QConfig()
-    if not isinstance(config, QConfig):
-        raise TypeError(f"{where}: config must be a q8.QConfig, got {type(config).__name__}")
-    return config
+def _swap_for_qat(model: torch.nn.Module, config: QConfig, where: str) -> torch.nn.Module:
+    return _swap(model, {
+        torch.nn.Linear: lambda m, _: QATLinear.from_float(m, config),
+        torch.nn.Conv2d: lambda m, _: QATConv2d.from_float(m, config),
+    }, config.skip, where)
 
 
 def prepare_qat(model: torch.nn.Module, config: Optional[QConfig] = None) -> torch.nn.Module:
@@ -125,11 +124,7 @@ def prepare_qat(model: torch.nn.Module, config: Optional[QConfig] = None) -> tor
     :func:`freeze_observers` for the last epochs, then :func:`convert`.
     ``config.skip`` names modules to leave in float.
     """
-    config = _qconfig(config, "q8.prepare_qat")
-    return _swap(model, {
-        torch.nn.Linear: lambda m, _: QATLinear.from_float(m, config),
-        torch.nn.Conv2d: lambda m, _: QATConv2d.from_float(m, config),
-    }, config.skip, "q8.prepare_qat")
+    return _swap_for_qat(model, _config(config, "q8.prepare_qat"), "q8.prepare_qat")
 
 
 #: :func:`prepare`'s default: min / max activation observers. A moving average
@@ -145,11 +140,8 @@ def prepare(model: torch.nn.Module, config: Optional[QConfig] = None) -> torch.n
     default ``config`` is :data:`PTQ_CONFIG` (``QConfig(activation_observer="minmax")``);
     ``QConfig(activation_observer="percentile")`` clips outliers instead.
     """
-    config = PTQ_CONFIG if config is None else _qconfig(config, "q8.prepare")
-    model = _swap(model, {
-        torch.nn.Linear: lambda m, _: QATLinear.from_float(m, config),
-        torch.nn.Conv2d: lambda m, _: QATConv2d.from_float(m, config),
-    }, config.skip, "q8.prepare")
+    config = PTQ_CONFIG if config is None else _config(config, "q8.prepare")
+    model = _swap_for_qat(model, config, "q8.prepare")
     enable_observer(model, True)
     enable_fake_quant(model, False)
     return model
@@ -204,7 +196,7 @@ def calibrate(model: torch.nn.Module, data: Iterable, num_batches: Optional[int]
     eval mode is restored. Under ``torch.distributed`` every rank must call it on
     the same number of batches: the observers all-reduce their statistics.
     """
-    if not any(True for _ in _fake_quants(model)):
+    if not _fake_quants(model):
         raise ValueError("q8.calibrate: the model has no q8.nn.FakeQuantize modules; call q8.prepare(model) first")
     if num_batches is not None and int(num_batches) < 1:
         raise ValueError(f"q8.calibrate: num_batches must be positive, got {num_batches!r}")

@@ -381,11 +381,12 @@ class FakeQuantize(torch.nn.Module):
         return s
 
 
-def _config(config: Optional[QConfig]) -> QConfig:
+def _config(config: Optional[QConfig], where: str = "q8.nn") -> QConfig:
+    """``config``, or the default :class:`q8.QConfig` for None; anything else is a TypeError."""
     if config is None:
         return QConfig()
     if not isinstance(config, QConfig):
-        raise TypeError(f"q8.nn: config must be a q8.QConfig, got {type(config).__name__}")
+        raise TypeError(f"{where}: config must be a q8.QConfig, got {type(config).__name__}")
     return config
 
 
