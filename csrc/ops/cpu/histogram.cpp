@@ -32,7 +32,6 @@ namespace {
 constexpr float kInf = std::numeric_limits<float>::infinity();
 constexpr int64_t kGrain = 32768;
 
-
 // Finite min / max of a contiguous tensor: (+Inf, -Inf) when it has none.
 std::pair<float, float> finite_min_max(const at::Tensor& x) {
   const int64_t numel = x.numel();
