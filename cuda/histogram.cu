@@ -46,6 +46,7 @@
 #include "ops/checks.h"
 #include "ops/histogram_math.h"
 #include "ops/qparams_math.h"
+#include "observer_common.cuh"
 
 namespace q8::cuda {
 namespace {
@@ -61,69 +62,8 @@ constexpr int kThreads = 256;
 constexpr int64_t kSharedBins = 8192;  // 32 KiB of uint32 counters per block
 constexpr int kQparamsThreads = 256;
 
-// ---------------------------------------------------------------------------
-// observer_on, read on the device: non-zero is on; floating-point flags are
-// non-zero when any bit but the sign is set (NaN is on, +-0 is off).
-// ---------------------------------------------------------------------------
-struct Flag {
-  const void* ptr;
-  int bytes;
-  bool floating;
-};
-
-Flag make_flag(const at::Tensor& t) {
-  return {t.const_data_ptr(), static_cast<int>(t.element_size()), t.is_floating_point()};
-}
-
-__device__ inline bool read_flag(Flag f) {
-  uint64_t bits = 0;
-  switch (f.bytes) {
-    case 1:
-      bits = *static_cast<const uint8_t*>(f.ptr);
-      break;
-    case 2:
-      bits = *static_cast<const uint16_t*>(f.ptr);
-      if (f.floating) bits &= 0x7fffu;
-      break;
-    case 4:
-      bits = *static_cast<const uint32_t*>(f.ptr);
-      if (f.floating) bits &= 0x7fffffffu;
-      break;
-    default:
-      bits = *static_cast<const uint64_t*>(f.ptr);
-      if (f.floating) bits &= 0x7fffffffffffffffull;
-      break;
-  }
-  return bits != 0;
-}
-
-// ---------------------------------------------------------------------------
-// 1. Finite min / max (the interface of MinMaxOps in ATen/native/SharedReduceOps.h).
-// ---------------------------------------------------------------------------
-template <typename scalar_t>
-struct FiniteMinMaxOps {
-  using acc_t = thrust::pair<float, float>;
-
-  C10_DEVICE acc_t reduce(acc_t acc, scalar_t data, int64_t /*idx*/) const {
-    const float v = static_cast<float>(data);
-    if (!(fabsf(v) <= FLT_MAX)) {
-      return acc;
-    }
-    return acc_t(v < acc.first ? v : acc.first, v > acc.second ? v : acc.second);
-  }
-  C10_DEVICE acc_t combine(acc_t a, acc_t b) const {
-    return acc_t(a.first < b.first ? a.first : b.first, a.second > b.second ? a.second : b.second);
-  }
-  C10_DEVICE acc_t project(acc_t acc) const {
-    return acc;
-  }
-  static C10_DEVICE acc_t translate_idx(acc_t acc, int64_t /*base_idx*/) {
-    return acc;
-  }
-  C10_DEVICE acc_t warp_shfl_down(acc_t acc, int offset) const {
-    return acc_t(WARP_SHFL_DOWN(acc.first, offset), WARP_SHFL_DOWN(acc.second, offset));
-  }
-};
+// 1. Flags read on the device and the finite min / max reduction (Flag,
+// make_flag, read_flag, FiniteMinMaxOps): observer_common.cuh.
 
 // ---------------------------------------------------------------------------
 // 2. Range update and base histogram. params: [active, lo, hi].
