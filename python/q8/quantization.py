@@ -348,7 +348,9 @@ def _encoder_layer(module, _arg=None):
 def _encoder(module, _arg=None):
     # nn.TransformerEncoder's sparsity fast path turns the input into a nested tensor and
     # reads the first layer's float weights: off for the (possibly int8) layers.
-    new = _shell(module)
+    from .nn.attention import Int8TransformerEncoder
+
+    new = _shell(module, Int8TransformerEncoder)
     new.use_nested_tensor = False
     return new
 
@@ -380,7 +382,8 @@ def _lazy(class_name: str, takes_activation: bool):
 
 def _register_builtins() -> None:
     from .nn import hf
-    from .nn.attention import Int8MultiheadAttention, Int8TransformerEncoderLayer, QATMultiheadAttention
+    from .nn.attention import (Int8MultiheadAttention, Int8TransformerEncoder, Int8TransformerEncoderLayer,
+                               QATMultiheadAttention)
 
     reg = registry.register_converter
     nn = torch.nn
@@ -393,7 +396,8 @@ def _register_builtins() -> None:
     reg(QATMultiheadAttention, convert=_convert_qat_mha)
     for t in (nn.TransformerEncoderLayer, Int8TransformerEncoderLayer):
         reg(t, dynamic=_encoder_layer, qat=_encoder_layer, convert=_encoder_layer, descend=True)
-    reg(nn.TransformerEncoder, dynamic=_encoder, qat=_encoder, convert=_encoder, descend=True)
+    for t in (nn.TransformerEncoder, Int8TransformerEncoder):
+        reg(t, dynamic=_encoder, qat=_encoder, convert=_encoder, descend=True)
     reg(hf.HF_CONV1D, dynamic=lambda m, a: Int8Linear.from_float(hf.conv1d_as_linear(m), a),
         qat=lambda m, c: hf.QATConv1D.from_float(m, c))
     reg(hf.QATConv1D, convert=lambda m: _convert_linear(hf._linear_view(m), _name()))

@@ -26,8 +26,9 @@ from typing import Optional, Tuple
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from torch.nn.modules.transformer import _detect_is_causal_mask, _get_seq_len
 
-__all__ = ["Int8MultiheadAttention", "QATMultiheadAttention", "Int8TransformerEncoderLayer"]
+__all__ = ["Int8MultiheadAttention", "QATMultiheadAttention", "Int8TransformerEncoder", "Int8TransformerEncoderLayer"]
 
 
 def _float_projections(mha: torch.nn.MultiheadAttention):
@@ -289,3 +290,28 @@ class Int8TransformerEncoderLayer(torch.nn.TransformerEncoderLayer):
             x = self.norm1(x + self._sa_block(x, src_mask, src_key_padding_mask, is_causal=is_causal))
             x = self.norm2(x + self._ff_block(x))
         return x
+
+
+class Int8TransformerEncoder(torch.nn.TransformerEncoder):
+    """``nn.TransformerEncoder`` without the nested-tensor fast path (its layers may be int8).
+
+    The float encoder turns a padded batch into a nested tensor and reads the first
+    layer's float weights (also when scripting, so it cannot even compile around int8
+    layers); this one runs the layers as the float encoder's non-fast path does.
+    """
+
+    def forward(self, src: Tensor, mask: Optional[Tensor] = None, src_key_padding_mask: Optional[Tensor] = None,
+                is_causal: Optional[bool] = None) -> Tensor:
+        src_key_padding_mask = F._canonical_mask(mask=src_key_padding_mask, mask_name="src_key_padding_mask",
+                                                 other_type=F._none_or_dtype(mask), other_name="mask",
+                                                 target_type=src.dtype)
+        mask = F._canonical_mask(mask=mask, mask_name="mask", other_type=None, other_name="",
+                                 target_type=src.dtype, check_other=False)
+        batch_first = self.layers[0].self_attn.batch_first
+        is_causal = _detect_is_causal_mask(mask, is_causal, _get_seq_len(src, batch_first))
+        output = src
+        for mod in self.layers:
+            output = mod(output, src_mask=mask, is_causal=is_causal, src_key_padding_mask=src_key_padding_mask)
+        if self.norm is not None:
+            output = self.norm(output)
+        return output
