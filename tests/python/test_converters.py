@@ -99,6 +99,8 @@ def masks(kind, batched, src_len=S):
 def test_mha_matches_float(options, mask):
     torch.manual_seed(0)
     mha = nn.MultiheadAttention(E, H, **options).eval()
+    quantized = {a: Int8MultiheadAttention.from_float(mha, a) for a in ("weight_only", "dynamic")}
+    refs = {"weight_only": float_twin(mha, quantized["weight_only"]), "dynamic": mha}
     for batched in (True, False):
         query, key, value = make_inputs(mha, batched)
         attn_mask, kpm = masks(mask, batched)
@@ -106,8 +108,7 @@ def test_mha_matches_float(options, mask):
             kwargs = dict(attn_mask=attn_mask, key_padding_mask=kpm, need_weights=need_weights,
                           average_attn_weights=average)
             for activation in ("weight_only", "dynamic"):
-                q = Int8MultiheadAttention.from_float(mha, activation)
-                ref = float_twin(mha, q) if activation == "weight_only" else mha
+                q, ref = quantized[activation], refs[activation]
                 with torch.no_grad():
                     out, w = q(query, key, value, **kwargs)
                     out_ref, w_ref = ref(query, key, value, **kwargs)
