@@ -325,34 +325,31 @@ def _name() -> str:
     return registry.current_name()
 
 
-def _shell(module: torch.nn.Module, cls: Optional[type] = None) -> torch.nn.Module:
-    """A shallow copy of ``module`` (of class ``cls``) with its own child / parameter / buffer dicts.
+def _rebrand(module: torch.nn.Module, cls: type) -> torch.nn.Module:
+    """``module`` itself, now of class ``cls`` (a subclass adding no state: only ``forward`` differs).
 
-    Converting the copy's children leaves ``module`` itself untouched (so a failed
-    conversion leaves the original as it was).
+    In place, as for any container, so that ``q8.quantize_dynamic(encoder)`` without using
+    the result converts ``encoder`` itself; its children are then converted (``descend``).
     """
-    cls = type(module) if cls is None else cls
-    new = cls.__new__(cls)
-    new.__dict__.update(module.__dict__)
-    for d in ("_modules", "_parameters", "_buffers"):
-        new.__dict__[d] = dict(module.__dict__[d])
-    return new
+    if type(module) is not cls:
+        module.__class__ = cls
+    return module
 
 
 def _encoder_layer(module, _arg=None):
     from .nn.attention import Int8TransformerEncoderLayer
 
-    return _shell(module, Int8TransformerEncoderLayer)
+    return _rebrand(module, Int8TransformerEncoderLayer)
 
 
 def _encoder(module, _arg=None):
     # nn.TransformerEncoder's sparsity fast path turns the input into a nested tensor and
-    # reads the first layer's float weights: off for the (possibly int8) layers.
+    # reads the first layer's float weights: Int8TransformerEncoder has none.
     from .nn.attention import Int8TransformerEncoder
 
-    new = _shell(module, Int8TransformerEncoder)
-    new.use_nested_tensor = False
-    return new
+    module = _rebrand(module, Int8TransformerEncoder)
+    module.use_nested_tensor = False
+    return module
 
 
 def _convert_qat_mha(layer) -> torch.nn.Module:

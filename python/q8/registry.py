@@ -80,7 +80,9 @@ def register_converter(module_type: Union[type, str], *, dynamic: Optional[Calla
             calibrated form to the int8 one).
         descend: after converting, also convert the new module's children (for
             containers such as ``nn.TransformerEncoderLayer`` whose converter only
-            changes the container). Without it the children are the converter's job.
+            changes the container; such a converter may return the module itself,
+            changed in place, e.g. its class). Without it the children are the
+            converter's job.
         replace: allow registering a type that already has a converter (the old one
             is dropped). Without it, a second registration is a ``ValueError``.
 
@@ -271,6 +273,7 @@ def walk(model: torch.nn.Module, mode: str, arg, skipped: Callable[[str], bool],
                     report.entries.append(ModuleEntry(name, tname, None, "not_floating", bad))
                 else:
                     _CURRENT_NAME.append(name)
+                    before = type(module)
                     try:
                         result = call(fn, module)
                     except Unavailable as e:
@@ -282,7 +285,7 @@ def walk(model: torch.nn.Module, mode: str, arg, skipped: Callable[[str], bool],
                         if not isinstance(result, torch.nn.Module):
                             raise TypeError(f"{where}: the {mode} converter of {_key_name(conv.key)} returned "
                                             f"{type(result).__name__}, not a torch.nn.Module")
-                        if result is not module and type(result) is not type(module):
+                        if type(result) is not before:
                             report.entries.append(ModuleEntry(name, tname, type(result).__name__, "converted"))
                         if conv.descend:
                             descend(result, name)

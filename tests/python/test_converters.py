@@ -265,7 +265,9 @@ def test_transformer_encoder_eval_train_masks(norm_first):
 
 def test_transformer_encoder_torchscript_pickle_deepcopy():
     torch.manual_seed(7)
-    q = q8.quantize_dynamic(encoder().eval())
+    q = encoder().eval()
+    assert q8.quantize_dynamic(q) is q  # in place, as for any container
+    assert type(q) is q8.nn.Int8TransformerEncoder
     x = torch.randn(2, 6, E)
     kpm = torch.zeros(2, 6, dtype=torch.bool)
     kpm[0, 4:] = True
@@ -457,3 +459,20 @@ def test_not_floating_and_skip_reported():
 def test_conversion_report_unknown_model():
     with pytest.raises(KeyError, match="no q8 conversion returned this model"):
         q8.conversion_report(nn.Linear(2, 2))
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_mha_half_dtypes_and_empty(dtype):
+    torch.manual_seed(9)
+    mha = nn.MultiheadAttention(E, H, batch_first=True, add_bias_kv=True).eval()
+    x = torch.randn(N, L, E)
+    with torch.no_grad():
+        ref = mha(x, x, x)[0]
+        low = copy.deepcopy(mha).to(dtype)
+        q = Int8MultiheadAttention.from_float(low)
+        out, w = q(x.to(dtype), x.to(dtype), x.to(dtype))
+    assert out.dtype == dtype and w.dtype == dtype
+    assert rel(out, ref) < 0.03  # int8 error (~1 %) plus 8-/11-bit mantissa rounding
+    for empty in (torch.randn(0, L, E), torch.randn(N, 0, E)):
+        got = Int8MultiheadAttention.from_float(mha)(empty, empty, empty, need_weights=False)[0]
+        assert got.shape == mha(empty, empty, empty, need_weights=False)[0].shape
