@@ -193,3 +193,20 @@ def test_hf_conv1d_duck_typing():
     model(x)
     q8.convert(model)
     assert type(model[0]) is Int8Linear and model[0].activation == "static"
+
+
+@pytest.mark.parametrize("name", ["gpt2", "llama"])
+def test_generate_and_kv_cache(name):
+    """``generate`` runs on the int8 model, and decoding with the KV cache gives the logits of a full
+    forward: dynamic activations are quantized per row (token), so a token's result does not depend
+    on which other tokens share the call."""
+    model, ids = model_and_ids(name, 6)
+    model.generation_config.pad_token_id = 0
+    q8.quantize_dynamic(model)
+    out = model.generate(ids, max_new_tokens=3, do_sample=False)
+    assert out.shape == (2, 11) and torch.equal(out[:, :8], ids)
+    with torch.no_grad():
+        full = model(out).logits[:, -1]
+        prefix = model(out[:, :-1], use_cache=True)
+        step = model(out[:, -1:], past_key_values=prefix.past_key_values, use_cache=True).logits[:, -1]
+    assert rel(step, full) < 1e-4
