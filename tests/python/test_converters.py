@@ -476,3 +476,14 @@ def test_mha_half_dtypes_and_empty(dtype):
     for empty in (torch.randn(0, L, E), torch.randn(N, 0, E)):
         got = Int8MultiheadAttention.from_float(mha)(empty, empty, empty, need_weights=False)[0]
         assert got.shape == mha(empty, empty, empty, need_weights=False)[0].shape
+
+
+def test_nn_transformer_torch_export():
+    torch.manual_seed(10)
+    model = nn.Transformer(E, H, 1, 1, 64, dropout=0.0, batch_first=True).eval()
+    src, tgt = torch.randn(2, 7, E), torch.randn(2, 5, E)
+    q = q8.quantize_dynamic(model)
+    exported = torch.export.export(q, (src, tgt))
+    with torch.no_grad():
+        assert torch.allclose(exported.module()(src, tgt), q(src, tgt), atol=1e-6)
+    assert sum(node.target is torch.ops.q8.linear.default for node in exported.graph.nodes) == 3 * 4 + 2 * 2
