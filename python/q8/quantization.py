@@ -370,9 +370,14 @@ def _lazy(class_name: str, takes_activation: bool):
         cls = getattr(q8nn, class_name, None)
         if cls is None:
             raise registry.Unavailable(f"q8.nn.{class_name} is not available in this q8 build")
-        if takes_activation:
-            return cls.from_float(module, activation=activation)
-        return cls.from_float(module)
+        try:
+            if takes_activation:
+                return cls.from_float(module, activation=activation)
+            return cls.from_float(module)
+        except (TypeError, ValueError) as e:
+            # e.g. a mode or a module option that class does not take: the module stays float,
+            # reported and warned about, rather than failing the whole model's conversion.
+            raise NotImplementedError(f"q8.nn.{class_name}.from_float: {e}") from e
 
     return convert_lazily
 

@@ -487,3 +487,21 @@ def test_nn_transformer_torch_export():
     with torch.no_grad():
         assert torch.allclose(exported.module()(src, tgt), q(src, tgt), atol=1e-6)
     assert sum(node.target is torch.ops.q8.linear.default for node in exported.graph.nodes) == 3 * 4 + 2 * 2
+
+
+def test_lazy_converter_errors_become_refusals(monkeypatch):
+    class Int8LSTM(nn.Module):
+        @classmethod
+        def from_float(cls, module, activation="dynamic"):
+            if activation != "dynamic":
+                raise ValueError(f"activation must be 'dynamic', got {activation!r}")
+            return cls()
+
+    monkeypatch.setattr(q8.nn, "Int8LSTM", Int8LSTM, raising=False)
+    model = nn.Sequential(nn.LSTM(4, 4), nn.Linear(4, 4))
+    with pytest.warns(UserWarning, match=r"0: LSTM left float \(refused: q8\.nn\.Int8LSTM\.from_float: activation "
+                                         r"must be 'dynamic', got 'weight_only'\)"):
+        q8.quantize_dynamic(model, "weight_only")
+    assert type(model[0]) is nn.LSTM and type(model[1]) is Int8Linear
+    model = q8.quantize_dynamic(nn.Sequential(nn.LSTM(4, 4)))
+    assert type(model[0]) is Int8LSTM
