@@ -147,7 +147,9 @@ class ModuleEntry:
     name: str  #: qualified name ('' for the model itself)
     from_type: str  #: the class name before
     to_type: Optional[str]  #: the class name after (None when left float)
-    status: str  #: 'converted', or why left float: 'no_converter', 'skipped', 'refused', 'unavailable', 'unsupported', 'subclass', 'not_floating'
+    #: 'converted', or why left float: 'no_converter', 'skipped', 'refused', 'unavailable',
+    #: 'unsupported', 'subclass', 'not_floating'
+    status: str
     reason: str = ""
 
     def __str__(self) -> str:

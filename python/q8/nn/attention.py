@@ -258,7 +258,8 @@ class QATMultiheadAttention(Int8MultiheadAttention):
     """
 
     @classmethod
-    def from_float(cls, mha: torch.nn.MultiheadAttention, config=None) -> "QATMultiheadAttention":  # type: ignore[override]
+    def from_float(cls, mha: torch.nn.MultiheadAttention,  # type: ignore[override]
+                   config=None) -> "QATMultiheadAttention":
         from .qat import QATLinear, _config
 
         where = f"{cls.__name__}.from_float"

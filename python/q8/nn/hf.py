@@ -5,8 +5,6 @@ output features): ``y = x @ weight + bias``. q8 never imports ``transformers``: 
 is taken for one when its class is named ``Conv1D``, it has an int ``nf`` and a 2-D
 ``weight`` of shape ``[in, nf]`` (and a ``bias`` of ``[nf]`` or None).
 """
-from typing import Optional
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor
