@@ -505,3 +505,28 @@ def test_lazy_converter_errors_become_refusals(monkeypatch):
     assert type(model[0]) is nn.LSTM and type(model[1]) is Int8Linear
     model = q8.quantize_dynamic(nn.Sequential(nn.LSTM(4, 4)))
     assert type(model[0]) is Int8LSTM
+
+
+def test_transformer_encoder_prepare_qat_train_convert():
+    """The reported failure: q8.prepare_qat(nn.TransformerEncoder(...)) then training raised AttributeError."""
+    torch.manual_seed(11)
+    model = nn.TransformerEncoder(nn.TransformerEncoderLayer(E, H, 64, batch_first=True), 2)
+    q8.prepare_qat(model)
+    assert type(model) is q8.nn.Int8TransformerEncoder
+    assert all(type(layer.self_attn) is QATMultiheadAttention for layer in model.layers)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    x = torch.randn(N, 6, E)
+    kpm = torch.zeros(N, 6, dtype=torch.bool)
+    kpm[0, 4:] = True
+    for _ in range(3):
+        opt.zero_grad()
+        model(x, src_key_padding_mask=kpm).pow(2).mean().backward()
+        opt.step()
+    model.eval()
+    with torch.no_grad():
+        fake = model(x, src_key_padding_mask=kpm)
+    q8.convert(model)
+    assert not any(isinstance(m, (QATMultiheadAttention, q8.nn.QATLinear)) for m in model.modules())
+    with torch.no_grad():
+        out = model(x, src_key_padding_mask=kpm)
+    assert rel(out[~kpm], fake[~kpm]) < 1e-3
