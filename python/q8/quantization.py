@@ -68,6 +68,11 @@ def _swap(model: torch.nn.Module, mode: str, arg, skip, where: str) -> torch.nn.
 def quantize_dynamic(model: torch.nn.Module, activation: str = "dynamic", skip: Iterable[str] = ()) -> torch.nn.Module:
     """Replace every ``nn.Linear`` by :class:`q8.nn.Int8Linear` and every ``nn.Conv2d`` by :class:`q8.nn.Int8Conv2d`.
 
+    Also every other registered type (``nn.MultiheadAttention`` and the transformer
+    encoder, Hugging Face ``Conv1D``, RNNs and embeddings when q8 has their int8
+    modules, a user's own: :func:`q8.register_converter`); :func:`q8.conversion_report`
+    lists what was converted and what was left float, and why.
+
     Args:
         model: the model, changed in place; layers are converted on their device.
         activation: for the linear layers: ``"dynamic"`` (activations quantized per
