@@ -51,6 +51,13 @@ from . import nn  # noqa: E402
 from . import onnx, serialization  # noqa: E402,F401  (q8.onnx.export, q8.serialization)
 from .serialization import load  # noqa: E402
 from .config import QConfig  # noqa: E402
+from .registry import (  # noqa: E402
+    ConversionReport,
+    conversion_report,
+    register_converter,
+    registered_converters,
+    unregister_converter,
+)
 from .quantization import (  # noqa: E402
     calibrate,
     convert,
@@ -81,7 +88,12 @@ from .ops import (  # noqa: E402
 )
 
 __all__ = [
+    "ConversionReport",
     "QConfig",
+    "conversion_report",
+    "register_converter",
+    "registered_converters",
+    "unregister_converter",
     "calibrate",
     "choose_qparams",
     "convert",

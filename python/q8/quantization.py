@@ -6,16 +6,21 @@
 * :func:`prepare_qat` → train → :func:`convert`: quantization-aware training (QAT);
 * :class:`q8.QConfig` chooses the scheme, the observers and the modules to skip.
 
-Only modules whose type is exactly ``torch.nn.Linear`` / ``torch.nn.Conv2d`` are
-swapped: subclasses (e.g. the ``out_proj`` of ``nn.MultiheadAttention``, whose
-owner reads its ``.weight`` directly) are left alone. A layer shared by several
-parents is replaced by one shared layer. Every function works in place and
-returns the model (or, when the model itself is a swapped layer, the new layer).
+Every swap goes through the converter registry (:mod:`q8.registry`,
+:func:`q8.register_converter`; built-in converters are registered at the bottom of
+this file): ``nn.Linear``, ``nn.Conv2d``, ``nn.MultiheadAttention`` and the
+transformer layers, Hugging Face ``Conv1D``, RNNs and embeddings (when q8 has their
+int8 modules). Types are matched exactly: subclasses are left float with a warning.
+A layer shared by several parents is replaced by one shared layer. Every function
+works in place and returns the model (or, when the model itself is a swapped layer,
+the new layer); :func:`q8.conversion_report` tells what was converted and what was
+left float, and why. See ``docs/converters.md``.
 """
-from typing import Callable, Dict, Iterable, Optional
+from typing import Iterable, Optional
 
 import torch
 
+from . import registry
 from .config import QConfig
 from .nn.conv import Int8Conv2d
 from .nn.linear import Int8Linear
@@ -53,34 +58,20 @@ def _skip_check(model: torch.nn.Module, skip, where: str):
     return skipped
 
 
-def _swap(model: torch.nn.Module, swaps: Dict[type, Callable[[torch.nn.Module, str], torch.nn.Module]], skip,
-          where: str) -> torch.nn.Module:
-    """Replace every module whose exact type is a key of ``swaps`` by ``swaps[type](module, name)``."""
+def _swap(model: torch.nn.Module, mode: str, arg, skip, where: str) -> torch.nn.Module:
+    """Convert ``model`` with the registry's ``mode`` converters (see :mod:`q8.registry`)."""
     if not isinstance(model, torch.nn.Module):
         raise TypeError(f"{where}: expected a torch.nn.Module, got {type(model).__name__}")
-    skipped = _skip_check(model, skip, where)
-    if skipped(""):
-        return model
-    if type(model) in swaps:
-        return swaps[type(model)](model, "")
-    converted = {}  # id(module) -> its replacement, so that shared layers stay shared
-    for parent_name, parent in list(model.named_modules(remove_duplicate=False)):
-        if skipped(parent_name):
-            continue
-        for child_name, child in list(parent._modules.items()):  # named_children() would skip repeats
-            if child is None or type(child) not in swaps:
-                continue
-            qualified = f"{parent_name}.{child_name}" if parent_name else child_name
-            if skipped(qualified):
-                continue
-            if id(child) not in converted:
-                converted[id(child)] = swaps[type(child)](child, qualified)
-            setattr(parent, child_name, converted[id(child)])
-    return model
+    return registry.walk(model, mode, arg, _skip_check(model, skip, where), where)
 
 
 def quantize_dynamic(model: torch.nn.Module, activation: str = "dynamic", skip: Iterable[str] = ()) -> torch.nn.Module:
     """Replace every ``nn.Linear`` by :class:`q8.nn.Int8Linear` and every ``nn.Conv2d`` by :class:`q8.nn.Int8Conv2d`.
+
+    Also every other registered type (``nn.MultiheadAttention`` and the transformer
+    encoder, Hugging Face ``Conv1D``, RNNs and embeddings when q8 has their int8
+    modules, a user's own: :func:`q8.register_converter`); :func:`q8.conversion_report`
+    lists what was converted and what was left float, and why.
 
     Args:
         model: the model, changed in place; layers are converted on their device.
@@ -101,17 +92,11 @@ def quantize_dynamic(model: torch.nn.Module, activation: str = "dynamic", skip: 
                          "activation='dynamic' / 'weight_only' here")
     if activation not in _MODES:
         raise ValueError(f"q8.quantize_dynamic: activation must be 'dynamic' or 'weight_only', got {activation!r}")
-    return _swap(model, {
-        torch.nn.Linear: lambda m, _: Int8Linear.from_float(m, activation),
-        torch.nn.Conv2d: lambda m, _: Int8Conv2d.from_float(m),
-    }, skip, "q8.quantize_dynamic")
+    return _swap(model, "dynamic", activation, skip, "q8.quantize_dynamic")
 
 
 def _swap_for_qat(model: torch.nn.Module, config: QConfig, where: str) -> torch.nn.Module:
-    return _swap(model, {
-        torch.nn.Linear: lambda m, _: QATLinear.from_float(m, config),
-        torch.nn.Conv2d: lambda m, _: QATConv2d.from_float(m, config),
-    }, config.skip, where)
+    return _swap(model, "qat", config, config.skip, where)
 
 
 def prepare_qat(model: torch.nn.Module, config: Optional[QConfig] = None) -> torch.nn.Module:
@@ -283,7 +268,7 @@ def _input_qparams(layer, where: str):
     return fq.calculate_qparams()
 
 
-def _convert_linear(layer: QATLinear, name: str) -> Int8Linear:
+def _convert_linear(layer, name: str) -> Int8Linear:
     where = f"q8.convert: layer {name or '<model>'!r}"
     codes, scale = _weight_qparams(layer, where)
     input_scale, input_zero_point = _input_qparams(layer, where)
@@ -334,4 +319,100 @@ def convert(model: torch.nn.Module) -> torch.nn.Module:
     layer): symmetric per-channel weights with codes in [-127, 127] and uint8
     per-tensor activations ([0, 255]) that have been observed.
     """
-    return _swap(model, {QATLinear: _convert_linear, QATConv2d: _convert_conv}, (), "q8.convert")
+    return _swap(model, "convert", None, (), "q8.convert")
+
+
+# ---------------------------------------------------------------------------------------------- built-in converters
+# Every built-in conversion is registered here, through the same q8.register_converter
+# that users call (docs/converters.md lists what each does).
+
+def _name() -> str:
+    return registry.current_name()
+
+
+def _rebrand(module: torch.nn.Module, cls: type) -> torch.nn.Module:
+    """``module`` itself, now of class ``cls`` (a subclass adding no state: only ``forward`` differs).
+
+    In place, as for any container, so that ``q8.quantize_dynamic(encoder)`` without using
+    the result converts ``encoder`` itself; its children are then converted (``descend``).
+    """
+    if type(module) is not cls:
+        module.__class__ = cls
+    return module
+
+
+def _encoder_layer(module, _arg=None):
+    from .nn.attention import Int8TransformerEncoderLayer
+
+    return _rebrand(module, Int8TransformerEncoderLayer)
+
+
+def _encoder(module, _arg=None):
+    # nn.TransformerEncoder's sparsity fast path turns the input into a nested tensor and
+    # reads the first layer's float weights: Int8TransformerEncoder has none.
+    from .nn.attention import Int8TransformerEncoder
+
+    module = _rebrand(module, Int8TransformerEncoder)
+    module.use_nested_tensor = False
+    return module
+
+
+def _convert_qat_mha(layer) -> torch.nn.Module:
+    from .nn.attention import Int8MultiheadAttention
+
+    name = _name()
+    projections = [_convert_linear(getattr(layer, p), f"{name}.{p}" if name else p)
+                   for p in ("q_proj", "k_proj", "v_proj", "out_proj")]
+    return Int8MultiheadAttention._shell(layer, *projections)
+
+
+def _lazy(class_name: str, takes_activation: bool):
+    """A converter to ``q8.nn.<class_name>.from_float``, looked up when it runs (other q8 parts provide it)."""
+
+    def convert_lazily(module, activation):
+        from . import nn as q8nn
+
+        cls = getattr(q8nn, class_name, None)
+        if cls is None:
+            raise registry.Unavailable(f"q8.nn.{class_name} is not available in this q8 build")
+        try:
+            if takes_activation:
+                return cls.from_float(module, activation=activation)
+            return cls.from_float(module)
+        except (TypeError, ValueError) as e:
+            # e.g. a mode or a module option that class does not take: the module stays float,
+            # reported and warned about, rather than failing the whole model's conversion.
+            raise NotImplementedError(f"q8.nn.{class_name}.from_float: {e}") from e
+
+    return convert_lazily
+
+
+def _register_builtins() -> None:
+    from .nn import hf
+    from .nn.attention import (Int8MultiheadAttention, Int8TransformerEncoder, Int8TransformerEncoderLayer,
+                               QATMultiheadAttention)
+
+    reg = registry.register_converter
+    nn = torch.nn
+    reg(nn.Linear, dynamic=lambda m, a: Int8Linear.from_float(m, a), qat=lambda m, c: QATLinear.from_float(m, c))
+    reg(QATLinear, convert=lambda m: _convert_linear(m, _name()))
+    reg(nn.Conv2d, dynamic=lambda m, a: Int8Conv2d.from_float(m), qat=lambda m, c: QATConv2d.from_float(m, c))
+    reg(QATConv2d, convert=lambda m: _convert_conv(m, _name()))
+    reg(nn.MultiheadAttention, dynamic=lambda m, a: Int8MultiheadAttention.from_float(m, a),
+        qat=lambda m, c: QATMultiheadAttention.from_float(m, c))
+    reg(QATMultiheadAttention, convert=_convert_qat_mha)
+    for t in (nn.TransformerEncoderLayer, Int8TransformerEncoderLayer):
+        reg(t, dynamic=_encoder_layer, qat=_encoder_layer, convert=_encoder_layer, descend=True)
+    for t in (nn.TransformerEncoder, Int8TransformerEncoder):
+        reg(t, dynamic=_encoder, qat=_encoder, convert=_encoder, descend=True)
+    reg(hf.HF_CONV1D, dynamic=lambda m, a: Int8Linear.from_float(hf.conv1d_as_linear(m), a),
+        qat=lambda m, c: hf.QATConv1D.from_float(m, c))
+    reg(hf.QATConv1D, convert=lambda m: _convert_linear(hf._linear_view(m), _name()))
+    for t, cls in ((nn.LSTM, "Int8LSTM"), (nn.GRU, "Int8GRU"), (nn.RNN, "Int8RNN"), (nn.LSTMCell, "Int8LSTMCell"),
+                   (nn.GRUCell, "Int8GRUCell"), (nn.RNNCell, "Int8RNNCell")):
+        reg(t, dynamic=_lazy(cls, True))
+    reg(nn.Embedding, dynamic=_lazy("Int8Embedding", False))
+    reg(nn.EmbeddingBag, dynamic=_lazy("Int8EmbeddingBag", False))
+
+
+_register_builtins()

@@ -458,10 +458,11 @@ def test_quantize_dynamic_replaces_nested_linears():
     out = q8.quantize_dynamic(net)
     assert out is net
     assert linear_names(net, Int8Linear) == {"encoder.0.fc1", "encoder.0.fc2", "encoder.1.fc1", "encoder.1.fc2",
-                                             "heads.a", "heads.b"}
+                                             "heads.a", "heads.b", "attn.q_proj", "attn.k_proj", "attn.v_proj",
+                                             "attn.out_proj"}
     assert linear_names(net, nn.Linear) == set()
-    # MultiheadAttention's out_proj is a Linear subclass its owner reads directly: kept.
-    assert type(net.attn.out_proj) is nn.modules.linear.NonDynamicallyQuantizableLinear
+    # MultiheadAttention (which reads its out_proj's weight directly) is replaced as a whole.
+    assert type(net.attn) is q8.nn.Int8MultiheadAttention
     assert all(m.activation == "dynamic" for m in net.modules() if isinstance(m, Int8Linear))
     assert net.heads["b"].bias is None
     y = net(x)
@@ -470,14 +471,15 @@ def test_quantize_dynamic_replaces_nested_linears():
 
 def test_quantize_dynamic_skip_and_modes():
     net = q8.quantize_dynamic(Net(), activation="weight_only", skip=["encoder.0", "heads.b"])
-    assert linear_names(net, Int8Linear) == {"encoder.1.fc1", "encoder.1.fc2", "heads.a"}
+    attn = {"attn.q_proj", "attn.k_proj", "attn.v_proj", "attn.out_proj"}  # nn.MultiheadAttention's, now int8
+    assert linear_names(net, Int8Linear) == {"encoder.1.fc1", "encoder.1.fc2", "heads.a"} | attn
     assert linear_names(net, nn.Linear) == {"encoder.0.fc1", "encoder.0.fc2", "heads.b"}
     assert all(m.activation == "weight_only" for m in net.modules() if isinstance(m, Int8Linear))
     net(torch.randn(2, 3, 16))
 
     net = q8.quantize_dynamic(Net(), skip=("encoder.1.fc2",))
     assert linear_names(net, nn.Linear) == {"encoder.1.fc2"}
-    assert len(linear_names(net, Int8Linear)) == 5
+    assert len(linear_names(net, Int8Linear)) == 5 + len(attn)
     net = Net()
     assert q8.quantize_dynamic(net, skip="") is net and len(linear_names(net, nn.Linear)) == 6
     net = q8.quantize_dynamic(Net(), skip="heads.a")  # one name as a string, not its characters

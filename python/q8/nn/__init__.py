@@ -10,8 +10,12 @@
 ``q8.quantize_dynamic``, ``q8.prepare_qat``, ``q8.prepare``, ``q8.calibrate`` and
 ``q8.convert`` swap a model's layers for these.
 """
+from .attention import (Int8MultiheadAttention, Int8TransformerEncoder, Int8TransformerEncoderLayer,
+                        QATMultiheadAttention)
 from .conv import Int8Conv2d
+from .hf import QATConv1D
 from .linear import FORMAT_VERSION, Int8Linear
 from .qat import FakeQuantize, QATConv2d, QATLinear
 
-__all__ = ["FORMAT_VERSION", "FakeQuantize", "Int8Conv2d", "Int8Linear", "QATConv2d", "QATLinear"]
+__all__ = ["FORMAT_VERSION", "FakeQuantize", "Int8Conv2d", "Int8Linear", "QATConv2d", "QATLinear",
+           "Int8MultiheadAttention", "Int8TransformerEncoder", "Int8TransformerEncoderLayer", "QATConv1D", "QATMultiheadAttention"]
