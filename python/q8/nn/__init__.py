@@ -4,6 +4,8 @@
   channel, symmetric), kept packed for the int8 kernels;
 * :class:`Int8Conv2d`: a ``torch.nn.Conv2d`` that stores int8 weights and
   dequantizes them to compute (4x smaller, not faster);
+* :class:`Int8LSTM`, :class:`Int8GRU`, :class:`Int8RNN` and their cells: dynamic int8
+  recurrent layers (``q8/nn/rnn.py``);
 * :class:`FakeQuantize`: an observer + fake quantization (QAT and calibration);
 * :class:`QATLinear`, :class:`QATConv2d`: layers with fake-quantized weights and inputs.
 
@@ -13,5 +15,7 @@
 from .conv import Int8Conv2d
 from .linear import FORMAT_VERSION, Int8Linear
 from .qat import FakeQuantize, QATConv2d, QATLinear
+from .rnn import RNN_FORMAT_VERSION, Int8GRU, Int8GRUCell, Int8LSTM, Int8LSTMCell, Int8RNN, Int8RNNCell
 
-__all__ = ["FORMAT_VERSION", "FakeQuantize", "Int8Conv2d", "Int8Linear", "QATConv2d", "QATLinear"]
+__all__ = ["FORMAT_VERSION", "RNN_FORMAT_VERSION", "FakeQuantize", "Int8Conv2d", "Int8GRU", "Int8GRUCell", "Int8LSTM",
+           "Int8LSTMCell", "Int8Linear", "Int8RNN", "Int8RNNCell", "QATConv2d", "QATLinear"]
