@@ -155,6 +155,51 @@ def _run_direction(mode: str, gi: Tensor, h0: Tensor, c0: Tensor, batch_sizes: L
     return out, h_n, c_n
 
 
+def _run_layers(mode: str, activation: str, num_layers: int, dirs: int, dropout: float, training: bool, x: Tensor,
+                batch_sizes: List[int], h0: Tensor, c0: Tensor, ih: List[Tensor], s_ih: List[Tensor],
+                b_ih: List[Tensor], hh: List[Tensor], s_hh: List[Tensor], b_hh: List[Tensor], hr: List[Tensor],
+                s_hr: List[Tensor]) -> Tuple[Tensor, Tensor, Tensor]:
+    """All layers and directions: x float32 time-major rows; h0 [L*D, B, H_out], c0 [L*D, B, H]."""
+    h_n: List[Tensor] = []
+    c_n: List[Tensor] = []
+    layer_in = x
+    for layer in range(num_layers):
+        outs: List[Tensor] = []
+        for d in range(dirs):
+            k = layer * dirs + d
+            w_hr: Optional[Tensor] = None
+            sc_hr: Optional[Tensor] = None
+            if len(hr) > 0:
+                w_hr = hr[k]
+                sc_hr = s_hr[k]
+            # One q8.linear over every timestep (all rows of the layer input).
+            gi = torch.ops.q8.linear(layer_in, ih[k], s_ih[k], b_ih[k], activation, None, None)
+            out, h, c = _run_direction(mode, gi, h0[k], c0[k], batch_sizes, d == 1, hh[k], s_hh[k], b_hh[k], w_hr,
+                                       sc_hr, activation)
+            outs.append(out)
+            h_n.append(h)
+            c_n.append(c)
+        layer_in = outs[0] if dirs == 1 else torch.cat(outs, 1)
+        if training and layer < num_layers - 1:
+            layer_in = F.dropout(layer_in, dropout, True)
+    return layer_in, torch.stack(h_n, 0), torch.stack(c_n, 0)
+
+
+_scripted_run_layers = None
+
+
+def _run_layers_eager(*args):
+    """``_run_layers`` in eager mode: through its TorchScript compilation (one interpreter call for the
+    whole step loop, several times faster than Python at small batch), or as Python under
+    torch.compile / torch.export (which trace it)."""
+    global _scripted_run_layers
+    if torch.compiler.is_compiling():
+        return _run_layers(*args)
+    if _scripted_run_layers is None:
+        _scripted_run_layers = torch.jit.script(_run_layers)
+    return _scripted_run_layers(*args)
+
+
 class _PackedRNNWeights(torch.nn.Module):
     """The packed weights of a recurrent layer (``_packed`` submodule; no buffers, never saved packed).
 
@@ -532,8 +577,9 @@ class _Int8RNNLayerBase(_Int8RecurrentBase):
     def _prepare_tensor_input(self, input: Tensor) -> Tuple[Tensor, bool, int, int]:
         """Checks a padded input; returns (time-major rows [T*B, I], is_batched, T, B)."""
         if input.dim() not in (2, 3):
+            # The float layers' messages (nn.RNN says "tensor").
             raise ValueError(self._name() + ": Expected input to be 2D or 3D, got " + str(input.dim())
-                             + "D instead")
+                             + ("D tensor instead" if self._name() == "RNN" else "D instead"))
         _compute_dtype(input, self._name() + ": input")
         if input.size(-1) != self.input_size:
             raise RuntimeError("input.size(-1) must be equal to input_size. Expected " + str(self.input_size)
@@ -560,32 +606,14 @@ class _Int8RNNLayerBase(_Int8RecurrentBase):
 
     def _run(self, x: Tensor, batch_sizes: List[int], h0: Tensor, c0: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
         """x: float32 time-major rows; h0 [L*D, B, H_out], c0 [L*D, B, H] (float32, sorted batch order)."""
+        p = self._packed
         dirs = 2 if self.bidirectional else 1
-        packed = self._packed
-        h_n: List[Tensor] = []
-        c_n: List[Tensor] = []
-        layer_in = x
-        for layer in range(self.num_layers):
-            outs: List[Tensor] = []
-            for d in range(dirs):
-                k = layer * dirs + d
-                w_hr: Optional[Tensor] = None
-                s_hr: Optional[Tensor] = None
-                if self.proj_size > 0:
-                    w_hr = packed.hr[k]
-                    s_hr = packed.s_hr[k]
-                # One q8.linear over every timestep (all rows of the layer input).
-                gi = torch.ops.q8.linear(layer_in, packed.ih[k], packed.s_ih[k], packed.b_ih[k], self.activation,
-                                         None, None)
-                out, h, c = _run_direction(self.mode, gi, h0[k], c0[k], batch_sizes, d == 1, packed.hh[k],
-                                           packed.s_hh[k], packed.b_hh[k], w_hr, s_hr, self.activation)
-                outs.append(out)
-                h_n.append(h)
-                c_n.append(c)
-            layer_in = outs[0] if dirs == 1 else torch.cat(outs, 1)
-            if self.dropout > 0 and self.training and layer < self.num_layers - 1:
-                layer_in = F.dropout(layer_in, self.dropout, True)
-        return layer_in, torch.stack(h_n, 0), torch.stack(c_n, 0)
+        training = self.training and self.dropout > 0
+        if torch.jit.is_scripting():
+            return _run_layers(self.mode, self.activation, self.num_layers, dirs, self.dropout, training, x,
+                               batch_sizes, h0, c0, p.ih, p.s_ih, p.b_ih, p.hh, p.s_hh, p.b_hh, p.hr, p.s_hr)
+        return _run_layers_eager(self.mode, self.activation, self.num_layers, dirs, self.dropout, training, x,
+                                 batch_sizes, h0, c0, p.ih, p.s_ih, p.b_ih, p.hh, p.s_hh, p.b_hh, p.hr, p.s_hr)
 
     def _forward_impl(self, input: Tensor, batch_sizes: Optional[Tensor], sorted_indices: Optional[Tensor],
                       hx: Optional[Tensor], cx: Optional[Tensor], has_cell: bool
