@@ -197,7 +197,10 @@ def _run_layers_eager(*args):
         return _run_layers(*args)
     if _scripted_run_layers is None:
         _scripted_run_layers = torch.jit.script(_run_layers)
-    return _scripted_run_layers(*args)
+    # The plain interpreter: no profiling runs, no re-specialization per input shape (the
+    # profiling executor's first calls on each new shape are many times slower).
+    with torch.jit.optimized_execution(False):
+        return _scripted_run_layers(*args)
 
 
 class _PackedRNNWeights(torch.nn.Module):
