@@ -467,6 +467,12 @@ class _Int8RecurrentBase(torch.nn.Module):
         return specs
 
 
+def _no_static_args(input_scale, input_zero_point, activation, where):
+    if input_scale is not None or input_zero_point is not None:
+        raise ValueError(f"{where}.from_float: input_scale and input_zero_point are only used with "
+                         f"activation='static' (which recurrent layers do not support), got activation={activation!r}")
+
+
 def _check_float_type(module, expected, where):
     if not isinstance(module, expected):
         raise TypeError(f"{where}.from_float: expected a torch.nn.{expected.__name__}, got {type(module).__name__}")
@@ -536,10 +542,11 @@ class _Int8RNNLayerBase(_Int8RecurrentBase):
                 range(dirs)]
 
     @classmethod
-    def _from_float(cls, module, float_type, activation):
+    def _from_float(cls, module, float_type, activation, input_scale=None, input_zero_point=None):
         where = cls.__name__
         _check_float_type(module, float_type, where)
         _check_activation(activation, where + ".from_float")
+        _no_static_args(input_scale, input_zero_point, activation, where)
         mode = module.mode
         kwargs = dict(num_layers=module.num_layers, bias=module.bias, batch_first=module.batch_first,
                       dropout=float(module.dropout), bidirectional=module.bidirectional, activation=activation,
@@ -703,9 +710,10 @@ class Int8LSTM(_Int8RNNLayerBase):
                          proj_size, activation, device)
 
     @classmethod
-    def from_float(cls, module: torch.nn.LSTM, activation: str = "dynamic") -> "Int8LSTM":
+    def from_float(cls, module: torch.nn.LSTM, activation: str = "dynamic", input_scale=None,
+                   input_zero_point=None) -> "Int8LSTM":
         """An ``Int8LSTM`` computing ``module`` (a ``torch.nn.LSTM``) with int8 weights; ``module`` is unchanged."""
-        return cls._from_float(module, torch.nn.LSTM, activation)
+        return cls._from_float(module, torch.nn.LSTM, activation, input_scale, input_zero_point)
 
     @torch._jit_internal._overload_method  # noqa: F811
     def forward(self, input: Tensor, hx: Optional[Tuple[Tensor, Tensor]] = None
@@ -753,9 +761,10 @@ class Int8GRU(_Int8RNNLayerBase):
                          activation, device)
 
     @classmethod
-    def from_float(cls, module: torch.nn.GRU, activation: str = "dynamic") -> "Int8GRU":
+    def from_float(cls, module: torch.nn.GRU, activation: str = "dynamic", input_scale=None,
+                   input_zero_point=None) -> "Int8GRU":
         """An ``Int8GRU`` computing ``module`` (a ``torch.nn.GRU``) with int8 weights; ``module`` is unchanged."""
-        return cls._from_float(module, torch.nn.GRU, activation)
+        return cls._from_float(module, torch.nn.GRU, activation, input_scale, input_zero_point)
 
     @torch._jit_internal._overload_method  # noqa: F811
     def forward(self, input: Tensor, hx: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
@@ -793,9 +802,10 @@ class Int8RNN(_Int8RNNLayerBase):
         return "tanh" if self.mode == "RNN_TANH" else "relu"
 
     @classmethod
-    def from_float(cls, module: torch.nn.RNN, activation: str = "dynamic") -> "Int8RNN":
+    def from_float(cls, module: torch.nn.RNN, activation: str = "dynamic", input_scale=None,
+                   input_zero_point=None) -> "Int8RNN":
         """An ``Int8RNN`` computing ``module`` (a ``torch.nn.RNN``) with int8 weights; ``module`` is unchanged."""
-        return cls._from_float(module, torch.nn.RNN, activation)
+        return cls._from_float(module, torch.nn.RNN, activation, input_scale, input_zero_point)
 
     @torch._jit_internal._overload_method  # noqa: F811
     def forward(self, input: Tensor, hx: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
@@ -847,10 +857,11 @@ class _Int8CellBase(_Int8RecurrentBase):
         return [self.input_size]
 
     @classmethod
-    def _from_float(cls, module, float_type, activation):
+    def _from_float(cls, module, float_type, activation, input_scale=None, input_zero_point=None):
         where = cls.__name__
         _check_float_type(module, float_type, where)
         _check_activation(activation, where + ".from_float")
+        _no_static_args(input_scale, input_zero_point, activation, where)
         kwargs = dict(bias=module.bias, activation=activation, device=module.weight_ih.device)
         if float_type is torch.nn.RNNCell:
             kwargs["nonlinearity"] = module.nonlinearity
@@ -928,8 +939,9 @@ class Int8LSTMCell(_Int8CellBase):
         super().__init__("LSTM", input_size, hidden_size, bias, activation, device)
 
     @classmethod
-    def from_float(cls, module: torch.nn.LSTMCell, activation: str = "dynamic") -> "Int8LSTMCell":
-        return cls._from_float(module, torch.nn.LSTMCell, activation)
+    def from_float(cls, module: torch.nn.LSTMCell, activation: str = "dynamic", input_scale=None,
+                   input_zero_point=None) -> "Int8LSTMCell":
+        return cls._from_float(module, torch.nn.LSTMCell, activation, input_scale, input_zero_point)
 
     def forward(self, input: Tensor, hx: Optional[Tuple[Tensor, Tensor]] = None) -> Tuple[Tensor, Tensor]:
         if hx is None:
@@ -945,8 +957,9 @@ class Int8GRUCell(_Int8CellBase):
         super().__init__("GRU", input_size, hidden_size, bias, activation, device)
 
     @classmethod
-    def from_float(cls, module: torch.nn.GRUCell, activation: str = "dynamic") -> "Int8GRUCell":
-        return cls._from_float(module, torch.nn.GRUCell, activation)
+    def from_float(cls, module: torch.nn.GRUCell, activation: str = "dynamic", input_scale=None,
+                   input_zero_point=None) -> "Int8GRUCell":
+        return cls._from_float(module, torch.nn.GRUCell, activation, input_scale, input_zero_point)
 
     def forward(self, input: Tensor, hx: Optional[Tensor] = None) -> Tensor:
         return self._cell_forward(input, hx, None)[0]
@@ -967,8 +980,9 @@ class Int8RNNCell(_Int8CellBase):
         return "tanh" if self.mode == "RNN_TANH" else "relu"
 
     @classmethod
-    def from_float(cls, module: torch.nn.RNNCell, activation: str = "dynamic") -> "Int8RNNCell":
-        return cls._from_float(module, torch.nn.RNNCell, activation)
+    def from_float(cls, module: torch.nn.RNNCell, activation: str = "dynamic", input_scale=None,
+                   input_zero_point=None) -> "Int8RNNCell":
+        return cls._from_float(module, torch.nn.RNNCell, activation, input_scale, input_zero_point)
 
     def forward(self, input: Tensor, hx: Optional[Tensor] = None) -> Tensor:
         return self._cell_forward(input, hx, None)[0]
