@@ -16,6 +16,7 @@ checked against fp32 (max abs output error), so a broken layer cannot post a fas
 """
 import argparse
 import platform
+import re
 import statistics
 import subprocess
 import time
@@ -57,8 +58,8 @@ def machine():
         name = next(line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Model name"))
     except Exception:  # noqa: BLE001
         name = platform.processor()
-    blas = [line.strip() for line in torch.__config__.show().splitlines() if "BLAS_INFO" in line or "MKL" in line]
-    return name, blas[0] if blas else "?"
+    blas = re.findall(r"BLAS_INFO=([^,\s]+)", torch.__config__.show())
+    return name, "BLAS " + (blas[0] if blas else "?")
 
 
 def bench(fns, reps):

@@ -33,8 +33,9 @@ Packed weights: the kernels' layout (``q8.pack_weight``), kept in the submodule
 the canonical buffers on construction, ``from_float``, ``load_state_dict``, ``to()`` (and
 every other ``_apply``), unpickling / ``copy.deepcopy`` and ``torch.jit.load``
 (``__getstate__`` / ``__setstate__`` of ``_packed``, as in :class:`q8.nn.Int8Linear`). For
-the LSTM the packed rows are reordered to gates (i, f, o, g) so that one ``sigmoid`` covers
-three gates; the canonical buffers keep PyTorch's (i, f, g, o) order.
+the LSTM the packed cell-gate rows compute twice the pre-activation (doubled scales and biases,
+exact), so that one ``sigmoid`` covers the four gates (``tanh(x) = 2 sigmoid(2x) - 1``); the
+canonical buffers are the plain quantized weights.
 """
 import copyreg
 from typing import Dict, Final, List, Optional, Tuple
@@ -71,13 +72,13 @@ def _step(mode: str, gi: Tensor, h: Tensor, c: Tensor, w_hh: Tensor, s_hh: Tenso
     """One step of a cell from its precomputed input projection ``gi`` (bias included)."""
     gh = torch.ops.q8.linear(h, w_hh, s_hh, b_hh, activation, None, None)
     if mode == "LSTM":
-        hs = c.size(1)
-        gates = gi + gh
-        # Packed gate order (i, f, o, g).
-        sig = torch.sigmoid(gates[:, :3 * hs])
-        g = torch.tanh(gates[:, 3 * hs:])
-        c_new = torch.addcmul(sig[:, hs:2 * hs] * c, sig[:, :hs], g)
-        h_new = sig[:, 2 * hs:] * torch.tanh(c_new)
+        # The cell gate's pre-activation is doubled in the packed weights (see
+        # _PackedRNNWeights.rebuild): with s = sigmoid(gates), g = tanh(x) = 2 s_g - 1, and
+        # c' = f c + i g = f c + 2 i s_g - i. Nine ops a step instead of thirteen.
+        gates = torch.add(gi, gh).sigmoid_()
+        i, f, s_g, o = gates.unsafe_chunk(4, 1)
+        c_new = torch.addcmul(f * c, i, s_g, value=2.0).sub_(i)
+        h_new = o * torch.tanh(c_new)
         if w_hr is not None and s_hr is not None:
             h_new = torch.ops.q8.linear(h_new, w_hr, s_hr, None, activation, None, None)
         return h_new, c_new
@@ -207,7 +208,7 @@ class _PackedRNNWeights(torch.nn.Module):
     """The packed weights of a recurrent layer (``_packed`` submodule; no buffers, never saved packed).
 
     For each layer/direction ``k``: ``ih[k]``, ``hh[k]``, ``hr[k]`` (packed int8), their
-    per-row scales and the float32 biases, rows in the packed gate order. ``canonical``
+    per-row scales and the float32 biases (LSTM: cell-gate scales and biases doubled). ``canonical``
     holds the parent's canonical tensors (int8 weights, scales, biases, by name order)
     so that ``torch.jit.save`` stores them through ``__getstate__`` (shared with the
     parent's buffers, so stored once) and ``torch.jit.load`` repacks.
@@ -277,14 +278,14 @@ class _PackedRNNWeights(torch.nn.Module):
                 bi = torch.zeros(rows, dtype=torch.float32, device=device)
                 bh = torch.zeros(rows, dtype=torch.float32, device=device)
             if self.mode == "LSTM":
-                perm = torch.cat([torch.arange(0, 2 * h, device=device), torch.arange(3 * h, 4 * h, device=device),
-                                  torch.arange(2 * h, 3 * h, device=device)])
-                w_ih = w_ih.index_select(0, perm)
-                w_hh = w_hh.index_select(0, perm)
-                sc_ih = sc_ih.index_select(0, perm)
-                sc_hh = sc_hh.index_select(0, perm)
-                bi = bi.index_select(0, perm)
-                bh = bh.index_select(0, perm)
+                # The cell gate's rows (g, rows [2h, 3h)) compute 2x (scales and biases doubled:
+                # exact in float), so one sigmoid covers all four gates: tanh(x) = 2 sigmoid(2x) - 1.
+                two = torch.ones(rows, dtype=torch.float32, device=device)
+                two[2 * h:3 * h] = 2.0
+                sc_ih = sc_ih * two
+                sc_hh = sc_hh * two
+                bi = bi * two
+                bh = bh * two
             ih.append(torch.ops.q8.pack_weight(w_ih.contiguous()))
             hh.append(torch.ops.q8.pack_weight(w_hh.contiguous()))
             s_ih.append(sc_ih.contiguous())
