@@ -84,10 +84,10 @@ def _step(mode: str, gi: Tensor, h: Tensor, c: Tensor, w_hh: Tensor, s_hh: Tenso
         return h_new, c_new
     if mode == "GRU":
         hs = h.size(1)
-        rz = torch.sigmoid(gi[:, :2 * hs] + gh[:, :2 * hs])
-        n = torch.tanh(torch.addcmul(gi[:, 2 * hs:], rz[:, :hs], gh[:, 2 * hs:]))
-        # (1 - z) * n + z * h
-        return torch.addcmul(n, rz[:, hs:], h - n), c
+        # r, z = sigmoid(x_rz + W_rz h + b_rz); n = tanh(x_n + r (W_n h + b_n)); h' = (1 - z) n + z h.
+        r, z = torch.add(gi[:, :2 * hs], gh[:, :2 * hs]).sigmoid_().unsafe_chunk(2, 1)
+        n = torch.addcmul(gi[:, 2 * hs:], r, gh[:, 2 * hs:]).tanh_()
+        return torch.addcmul(n, z, h - n), c
     if mode == "RNN_TANH":
         return torch.tanh(gi + gh), c
     return torch.relu(gi + gh), c
