@@ -4,6 +4,12 @@
   channel, symmetric), kept packed for the int8 kernels;
 * :class:`Int8Conv2d`: a ``torch.nn.Conv2d`` that stores int8 weights and
   dequantizes them to compute (4x smaller, not faster);
+* :class:`Int8MultiheadAttention` (and :class:`QATMultiheadAttention`,
+  :class:`Int8TransformerEncoderLayer`, :class:`Int8TransformerEncoder`): attention whose
+  projections run on the int8 kernels (``q8/nn/attention.py``);
+* :class:`QATConv1D`: Hugging Face's ``Conv1D`` (GPT-2) for QAT (``q8/nn/hf.py``);
+* :class:`Int8LSTM`, :class:`Int8GRU`, :class:`Int8RNN` and their cells: dynamic int8
+  recurrent layers (``q8/nn/rnn.py``);
 * :class:`FakeQuantize`: an observer + fake quantization (QAT and calibration);
 * :class:`QATLinear`, :class:`QATConv2d`: layers with fake-quantized weights and inputs.
 
@@ -16,6 +22,8 @@ from .conv import Int8Conv2d
 from .hf import QATConv1D
 from .linear import FORMAT_VERSION, Int8Linear
 from .qat import FakeQuantize, QATConv2d, QATLinear
+from .rnn import RNN_FORMAT_VERSION, Int8GRU, Int8GRUCell, Int8LSTM, Int8LSTMCell, Int8RNN, Int8RNNCell
 
-__all__ = ["FORMAT_VERSION", "FakeQuantize", "Int8Conv2d", "Int8Linear", "QATConv2d", "QATLinear",
-           "Int8MultiheadAttention", "Int8TransformerEncoder", "Int8TransformerEncoderLayer", "QATConv1D", "QATMultiheadAttention"]
+__all__ = ["FORMAT_VERSION", "RNN_FORMAT_VERSION", "FakeQuantize", "Int8Conv2d", "Int8GRU", "Int8GRUCell", "Int8LSTM",
+           "Int8LSTMCell", "Int8Linear", "Int8MultiheadAttention", "Int8RNN", "Int8RNNCell", "Int8TransformerEncoder",
+           "Int8TransformerEncoderLayer", "QATConv1D", "QATConv2d", "QATLinear", "QATMultiheadAttention"]
