@@ -26,7 +26,9 @@ gradient is not implemented) rather than silently dropping the gradient.
 state_dict format (version :data:`FORMAT_VERSION`): ``weight_int8``, ``weight_scale``
 and ``_q8_format`` (a 0-dim int64 tensor holding the version, as ``Int8Linear``).
 ``load_state_dict`` checks the version, every dtype and every shape before copying
-anything, and names the key, the expected and the found value in its error.
+anything, and names the key, the expected and the found value in its error; with
+``strict=True`` (the default) a state_dict without ``_q8_format`` is refused (as a
+missing key) before anything is copied.
 ``padding_idx``, ``mode``, ``include_last_offset`` and ``output_dtype`` are
 configuration (constructor arguments), not state.
 
@@ -127,20 +129,18 @@ class _Int8EmbeddingBase(torch.nn.Module):
         # device fn picks. A conversion that would change the float table's dtype
         # (module.half(), .to(torch.bfloat16), .double(), ...) changes the output
         # dtype instead, as it would change the float layer's output.
-        scale = self.weight_scale
-        new_dtype = []
+        # What fn does to a float table of the output dtype (an empty probe tensor).
+        probe = fn(torch.empty(0, dtype=self.output_dtype, device=self.weight_scale.device))
 
         def keep_dtype(t):
             out = fn(t)
             if isinstance(out, Tensor) and out.dtype != t.dtype:
-                if t is scale and out.dtype in _OUTPUT_DTYPES:
-                    new_dtype.append(out.dtype)
                 out = t.to(device=out.device)
             return out
 
         super()._apply(keep_dtype, recurse)
-        if new_dtype:
-            self.output_dtype = new_dtype[0]
+        if isinstance(probe, Tensor) and probe.dtype in _OUTPUT_DTYPES:
+            self.output_dtype = probe.dtype
         return self
 
     # ------------------------------------------------------------------ state_dict
@@ -163,6 +163,14 @@ class _Int8EmbeddingBase(torch.nn.Module):
         version = state_dict.pop(version_key, None)
         if version is None:
             missing_keys.append(version_key)
+            if strict:
+                # load_state_dict raises for the missing key: copy nothing of an unversioned
+                # checkpoint, but name every missing and unexpected key (as torch would).
+                local = set(self._canonical_specs())
+                missing_keys.extend(prefix + name for name in local if prefix + name not in state_dict)
+                unexpected_keys.extend(k for k in state_dict if k.startswith(prefix)
+                                       and k[len(prefix):].split(".", 1)[0] not in local)
+                return
         else:
             found = version.reshape(-1).tolist() if isinstance(version, Tensor) else [version]
             if len(found) != 1 or found[0] != FORMAT_VERSION:

@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <cstring>
 
+#include <ATen/cpu/vec/functional.h>
 #include <ATen/cpu/vec/vec.h>
 #include <c10/util/BFloat16.h>
 #include <c10/util/Exception.h>
