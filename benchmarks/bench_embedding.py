@@ -47,6 +47,7 @@ SHAPES = [
     (250000, 512, 8192, 16),
 ]
 QUICK_SHAPES = [(32000, 256, 2048, 0), (128000, 512, 4096, 0), (128000, 512, 4096, 16)]
+BAG_SHAPES = [s for s in SHAPES if s[3]]
 
 
 def steady_heap():
@@ -152,6 +153,7 @@ def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="smoke run: small shapes, few repetitions")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--bags", action="store_true", help="only the EmbeddingBag shapes")
     p.add_argument("--reps", type=int, default=None, help="timed runs per contender (>= 7; default 9, quick 7)")
     a = p.parse_args()
     torch.set_num_threads(a.threads)
@@ -173,7 +175,7 @@ def main():
     print("| vocab x dim | lookups | kind | regime (q8 table) | contender | time | noise | GB/s | of copy | vs float |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     ao_why = None
-    for shape in (QUICK_SHAPES if a.quick else SHAPES):
+    for shape in (QUICK_SHAPES if a.quick else BAG_SHAPES if a.bags else SHAPES):
         (vocab, dim, n, kind, regime, tb), rows, why = run_shape(*shape, reps, bw)
         ao_why = ao_why or why
         for name, t, nz, gbs, frac, vs in rows:

@@ -183,6 +183,8 @@ at::Tensor embedding_bag_cpu(const at::Tensor& weight_int8, const at::Tensor& we
   const int64_t avg = std::max<int64_t>(1, n / bags);
   at::parallel_for(0, bags, std::max<int64_t>(1, kGrainElements / (dim * avg)), [&](int64_t begin, int64_t end) {
     std::vector<float> buffer(direct ? 0 : dim);
+    std::vector<int64_t> rows_buf;
+    std::vector<float> weights_buf;
     // The flattened entries of this task's bags, prefetched kPrefetchDistance ahead.
     const int64_t first_entry = bag_range(begin).first;
     const int64_t last_entry = std::max(first_entry, bag_range(end - 1).second);
@@ -195,30 +197,22 @@ at::Tensor embedding_bag_cpu(const at::Tensor& weight_int8, const at::Tensor& we
         const int64_t p = idx[prefetched];
         prefetch_row(q + p * dim, dim, s + p);
       }
-      int64_t count = 0;
-      if (m == detail::EmbeddingBagMode::Max) {
-        for (int64_t i = start; i < stop; ++i) {
-          const int64_t r = idx[i];
-          if (r == pad) {
-            continue;
-          }
-          k.max_row(q + r * dim, s[r], count == 0, acc, dim);
-          ++count;
+      // The bag's rows (padding left out) and weights, then one register-blocked pass.
+      rows_buf.clear();
+      weights_buf.clear();
+      for (int64_t i = start; i < stop; ++i) {
+        const int64_t r = idx[i];
+        if (r == pad) {
+          continue;
         }
-        if (count == 0) {
-          std::fill(acc, acc + dim, 0.f);
-        }
-      } else {
-        std::fill(acc, acc + dim, 0.f);
-        for (int64_t i = start; i < stop; ++i) {
-          const int64_t r = idx[i];
-          if (r == pad) {
-            continue;
-          }
-          k.accumulate_row(q + r * dim, s[r], w != nullptr, w ? w[i] : 1.f, acc, dim);
-          ++count;
+        rows_buf.push_back(r);
+        if (w != nullptr) {
+          weights_buf.push_back(w[i]);
         }
       }
+      const int64_t count = static_cast<int64_t>(rows_buf.size());
+      k.bag_reduce(m == detail::EmbeddingBagMode::Max, q, s, dim, rows_buf.data(),
+                   w != nullptr ? weights_buf.data() : nullptr, count, acc);
       const bool divide = m == detail::EmbeddingBagMode::Mean && count > 0;
       if (!direct || divide) {
         k.store_row(dt, acc, divide, static_cast<float>(count), o + b * row_bytes, dim);

@@ -15,10 +15,13 @@ struct EmbeddingKernelTable {
   // out[j] = float(q[j]) * s for j < dim, stored as `dtype` (float32, float64,
   // float16 or bfloat16; float64 from the float32 product).
   void (*dequantize_row)(c10::ScalarType dtype, const int8_t* q, float s, void* out, int64_t dim);
-  // acc[j] += float(q[j]) * s (times w when `weighted`: (q * s) * w).
-  void (*accumulate_row)(const int8_t* q, float s, bool weighted, float w, float* acc, int64_t dim);
-  // acc[j] = float(q[j]) * s when `first`, else max(acc[j], float(q[j]) * s).
-  void (*max_row)(const int8_t* q, float s, bool first, float* acc, int64_t dim);
+  // One bag: acc[j] = the sum (or, `max`, the maximum) over e < count of
+  // float(q[rows[e]][j]) * scale[rows[e]] (times weights[e] when weights is not null),
+  // added in entry order from 0 (sum) or from the first entry (max); 0 for count == 0.
+  // The accumulators stay in registers, a block of columns at a time, so each
+  // block touches one cache line of every row of the bag at once.
+  void (*bag_reduce)(bool max, const int8_t* q, const float* scale, int64_t dim, const int64_t* rows,
+                     const float* weights, int64_t count, float* acc);
   // out[j] = acc[j] / divisor (when `divide`) or acc[j], stored as `dtype`.
   void (*store_row)(c10::ScalarType dtype, const float* acc, bool divide, float divisor, void* out, int64_t dim);
 };

@@ -103,39 +103,75 @@ void dequantize_row(c10::ScalarType dtype, const int8_t* q, float s, void* out, 
   });
 }
 
-void accumulate_row(const int8_t* q, float s, bool weighted, float w, float* acc, int64_t dim) {
-  const Vec vs(s);
-  const Vec vw(w);
+template <bool kMax, bool kWeighted>
+void bag_reduce_t(const int8_t* q, const float* scale, int64_t dim, const int64_t* rows, const float* w,
+                  int64_t count, float* acc) {
+  constexpr int kU = 4;
   int64_t j = 0;
-  if (weighted) {
-    for (; j + kW <= dim; j += kW) {
-      (Vec::loadu(acc + j) + (load_codes(q + j) * vs) * vw).store(acc + j);
+  for (; j + kU * kW <= dim; j += kU * kW) {
+    Vec a[kU];
+    for (int u = 0; u < kU; ++u) {
+      a[u] = Vec(0.f);
     }
-    for (; j < dim; ++j) {
-      acc[j] += (static_cast<float>(q[j]) * s) * w;
+    for (int64_t e = 0; e < count; ++e) {
+      const int8_t* row = q + rows[e] * dim + j;
+      const Vec vs(scale[rows[e]]);
+      for (int u = 0; u < kU; ++u) {
+        Vec v = load_codes(row + u * kW) * vs;
+        if constexpr (kWeighted) {
+          v = v * Vec(w[e]);
+        }
+        if constexpr (kMax) {
+          a[u] = e == 0 ? v : at::vec::maximum(a[u], v);
+        } else {
+          a[u] = a[u] + v;
+        }
+      }
     }
-  } else {
-    for (; j + kW <= dim; j += kW) {
-      (Vec::loadu(acc + j) + load_codes(q + j) * vs).store(acc + j);
+    for (int u = 0; u < kU; ++u) {
+      a[u].store(acc + j + u * kW);
     }
-    for (; j < dim; ++j) {
-      acc[j] += static_cast<float>(q[j]) * s;
+  }
+  for (; j + kW <= dim; j += kW) {
+    Vec a(0.f);
+    for (int64_t e = 0; e < count; ++e) {
+      Vec v = load_codes(q + rows[e] * dim + j) * Vec(scale[rows[e]]);
+      if constexpr (kWeighted) {
+        v = v * Vec(w[e]);
+      }
+      if constexpr (kMax) {
+        a = e == 0 ? v : at::vec::maximum(a, v);
+      } else {
+        a = a + v;
+      }
     }
+    a.store(acc + j);
+  }
+  for (; j < dim; ++j) {
+    float a = 0.f;
+    for (int64_t e = 0; e < count; ++e) {
+      float v = static_cast<float>(q[rows[e] * dim + j]) * scale[rows[e]];
+      if constexpr (kWeighted) {
+        v = v * w[e];
+      }
+      if constexpr (kMax) {
+        a = e == 0 ? v : std::max(a, v);
+      } else {
+        a = a + v;
+      }
+    }
+    acc[j] = a;
   }
 }
 
-void max_row(const int8_t* q, float s, bool first, float* acc, int64_t dim) {
-  if (first) {
-    dequantize_row_t<float>(q, s, acc, dim);
-    return;
-  }
-  const Vec vs(s);
-  int64_t j = 0;
-  for (; j + kW <= dim; j += kW) {
-    at::vec::maximum(Vec::loadu(acc + j), load_codes(q + j) * vs).store(acc + j);
-  }
-  for (; j < dim; ++j) {
-    acc[j] = std::max(acc[j], static_cast<float>(q[j]) * s);
+void bag_reduce(bool max, const int8_t* q, const float* scale, int64_t dim, const int64_t* rows, const float* w,
+                int64_t count, float* acc) {
+  if (max) {
+    bag_reduce_t<true, false>(q, scale, dim, rows, nullptr, count, acc);
+  } else if (w != nullptr) {
+    bag_reduce_t<false, true>(q, scale, dim, rows, w, count, acc);
+  } else {
+    bag_reduce_t<false, false>(q, scale, dim, rows, nullptr, count, acc);
   }
 }
 
@@ -167,7 +203,7 @@ void store_row(c10::ScalarType dtype, const float* acc, bool divide, float divis
 } // namespace
 
 const EmbeddingKernelTable& embedding_kernel_table() {
-  static const EmbeddingKernelTable table{dequantize_row, accumulate_row, max_row, store_row};
+  static const EmbeddingKernelTable table{dequantize_row, bag_reduce, store_row};
   return table;
 }
 
