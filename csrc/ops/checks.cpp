@@ -491,3 +491,112 @@ void check_histogram_qparams_args(
 }
 
 } // namespace q8::detail
+
+namespace q8::detail {
+
+void check_embedding_table(const char* op, const at::Tensor& weight_int8, const at::Tensor& weight_scale) {
+  TORCH_CHECK(weight_int8.defined(), "q8.", op, ": weight_int8 must be a defined tensor");
+  TORCH_CHECK(weight_int8.scalar_type() == at::kChar && weight_int8.dim() == 2,
+              "q8.", op, ": weight_int8 must be a 2-D int8 tensor [num_embeddings, embedding_dim], got ",
+              weight_int8.scalar_type(), " of shape ", weight_int8.sym_sizes());
+  TORCH_CHECK(weight_scale.defined(), "q8.", op, ": weight_scale must be a defined tensor");
+  TORCH_CHECK(weight_scale.scalar_type() == at::kFloat && weight_scale.dim() == 1 &&
+                  weight_scale.sym_size(0) == weight_int8.sym_size(0),
+              "q8.", op, ": weight_scale must be a 1-D float32 tensor [num_embeddings] = [", weight_int8.sym_size(0),
+              "] (one scale per row of weight_int8), got ", weight_scale.scalar_type(), " of shape ",
+              weight_scale.sym_sizes());
+  check_same_device(op, weight_int8, "weight_int8", weight_scale, "weight_scale");
+}
+
+at::ScalarType check_embedding_dtype(const char* op, std::optional<at::ScalarType> dtype) {
+  const auto dt = dtype.value_or(at::kFloat);
+  TORCH_CHECK(dt == at::kFloat || dt == at::kDouble || dt == at::kHalf || dt == at::kBFloat16,
+              "q8.", op, ": dtype must be torch.float32, torch.float64, torch.float16 or torch.bfloat16, got ", dt);
+  return dt;
+}
+
+namespace {
+void check_index_tensor(const char* op, const at::Tensor& t, const char* name, const at::Tensor& weight_int8) {
+  TORCH_CHECK(t.defined(), "q8.", op, ": ", name, " must be a defined tensor");
+  TORCH_CHECK(t.scalar_type() == at::kLong || t.scalar_type() == at::kInt,
+              "q8.", op, ": ", name, " must be int64 or int32, got ", t.scalar_type());
+  check_same_device(op, weight_int8, "weight_int8", t, name);
+}
+} // namespace
+
+at::ScalarType check_embedding_args(const char* op, const at::Tensor& weight_int8, const at::Tensor& weight_scale,
+                                    const at::Tensor& indices, std::optional<at::ScalarType> dtype) {
+  check_embedding_table(op, weight_int8, weight_scale);
+  check_index_tensor(op, indices, "indices", weight_int8);
+  return check_embedding_dtype(op, dtype);
+}
+
+EmbeddingBagMode check_embedding_bag_args(
+    const char* op,
+    const at::Tensor& weight_int8,
+    const at::Tensor& weight_scale,
+    const at::Tensor& indices,
+    const std::optional<at::Tensor>& offsets,
+    c10::string_view mode,
+    const std::optional<at::Tensor>& per_sample_weights,
+    bool include_last_offset,
+    std::optional<int64_t> padding_idx) {
+  check_embedding_table(op, weight_int8, weight_scale);
+  check_index_tensor(op, indices, "indices", weight_int8);
+  EmbeddingBagMode m;
+  if (mode == "sum") {
+    m = EmbeddingBagMode::Sum;
+  } else if (mode == "mean") {
+    m = EmbeddingBagMode::Mean;
+  } else if (mode == "max") {
+    m = EmbeddingBagMode::Max;
+  } else {
+    TORCH_CHECK(false, "q8.", op, ": mode must be 'sum', 'mean' or 'max', got '", std::string(mode), "'");
+  }
+  if (indices.dim() == 2) {
+    TORCH_CHECK(!offsets.has_value(),
+                "q8.", op, ": offsets must be None when indices is 2-D (each row of indices is one bag), got a tensor "
+                "of shape ", offsets->sym_sizes());
+  } else {
+    TORCH_CHECK(indices.dim() == 1, "q8.", op,
+                ": indices must be 1-D (with offsets) or 2-D [bags, indices per bag], got shape ", indices.sym_sizes());
+    TORCH_CHECK(offsets.has_value(), "q8.", op,
+                ": offsets must be given when indices is 1-D (the start of each bag in indices)");
+    check_index_tensor(op, *offsets, "offsets", weight_int8);
+    TORCH_CHECK(offsets->dim() == 1, "q8.", op, ": offsets must be 1-D, got shape ", offsets->sym_sizes());
+    TORCH_CHECK(!include_last_offset || offsets->sym_size(0) >= 1, "q8.", op,
+                ": offsets must hold at least one element with include_last_offset=True (the end of the last bag), "
+                "got none");
+  }
+  if (per_sample_weights.has_value()) {
+    const auto& w = *per_sample_weights;
+    TORCH_CHECK(m == EmbeddingBagMode::Sum, "q8.", op,
+                ": per_sample_weights is only supported with mode='sum' (as F.embedding_bag), got mode='",
+                std::string(mode), "'");
+    const auto dt = w.scalar_type();
+    TORCH_CHECK(dt == at::kFloat || dt == at::kDouble || dt == at::kHalf || dt == at::kBFloat16,
+                "q8.", op, ": per_sample_weights must be float32, float64, float16 or bfloat16, got ", dt);
+    TORCH_CHECK(w.sym_sizes() == indices.sym_sizes(), "q8.", op,
+                ": per_sample_weights must have the shape of indices (", indices.sym_sizes(), "), got ",
+                w.sym_sizes());
+    check_same_device(op, weight_int8, "weight_int8", w, "per_sample_weights");
+  }
+  if (padding_idx.has_value()) {
+    const auto n = weight_int8.sym_size(0);
+    TORCH_CHECK(-n <= *padding_idx && n > *padding_idx, "q8.", op,
+                ": padding_idx must be in [-num_embeddings, num_embeddings) = [", -n, ", ", n, "), got ",
+                *padding_idx);
+  }
+  return m;
+}
+
+c10::SymInt embedding_bag_num_bags(const at::Tensor& indices, const std::optional<at::Tensor>& offsets,
+                                   bool include_last_offset) {
+  if (indices.dim() == 2) {
+    return indices.sym_size(0);
+  }
+  TORCH_INTERNAL_ASSERT(offsets.has_value());
+  return include_last_offset ? offsets->sym_size(0) - 1 : offsets->sym_size(0);
+}
+
+} // namespace q8::detail

@@ -188,3 +188,46 @@ void check_histogram_qparams_args(
     int64_t quant_max);
 
 } // namespace q8::detail
+
+namespace q8::detail {
+
+// The reductions of q8.embedding_bag (those of F.embedding_bag).
+enum class EmbeddingBagMode { Sum, Mean, Max };
+
+// The int8 table of q8.embedding / q8.embedding_bag: weight_int8 a defined 2-D
+// int8 tensor [num_embeddings, embedding_dim]; weight_scale a 1-D float32 tensor
+// [num_embeddings] on the same device.
+void check_embedding_table(const char* op, const at::Tensor& weight_int8, const at::Tensor& weight_scale);
+
+// The output dtype (float32 when not given): float32, float64, float16 or bfloat16.
+at::ScalarType check_embedding_dtype(const char* op, std::optional<at::ScalarType> dtype);
+
+// embedding: the table, int32 / int64 indices of any shape on its device, the dtype.
+at::ScalarType check_embedding_args(const char* op, const at::Tensor& weight_int8, const at::Tensor& weight_scale,
+                                    const at::Tensor& indices, std::optional<at::ScalarType> dtype);
+
+// embedding_bag, as F.embedding_bag: int32 / int64 indices either 2-D [bags, n]
+// without offsets or 1-D with 1-D int32 / int64 offsets (at least one when
+// include_last_offset); mode "sum", "mean" or "max"; per_sample_weights only in
+// sum mode, float32 / float64 / float16 / bfloat16 of indices' shape; padding_idx
+// in [-num_embeddings, num_embeddings); the dtype; everything on the table's
+// device. Offsets' values (offsets[0] == 0, non-decreasing, the last at most
+// indices.numel()) and index values are checked by the CPU kernel, which reads
+// them (CUDA: device-side asserts).
+EmbeddingBagMode check_embedding_bag_args(
+    const char* op,
+    const at::Tensor& weight_int8,
+    const at::Tensor& weight_scale,
+    const at::Tensor& indices,
+    const std::optional<at::Tensor>& offsets,
+    c10::string_view mode,
+    const std::optional<at::Tensor>& per_sample_weights,
+    bool include_last_offset,
+    std::optional<int64_t> padding_idx);
+
+// The number of bags: indices.size(0) for 2-D indices, else offsets.size(0)
+// (minus one with include_last_offset).
+c10::SymInt embedding_bag_num_bags(const at::Tensor& indices, const std::optional<at::Tensor>& offsets,
+                                   bool include_last_offset);
+
+} // namespace q8::detail

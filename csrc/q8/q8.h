@@ -119,6 +119,47 @@ Q8_API at::Tensor linear(
     const std::optional<at::Tensor>& input_scale = std::nullopt,
     const std::optional<at::Tensor>& input_zero_point = std::nullopt);
 
+// ---------------------------------------------------------------------------
+// Int8 embeddings
+// ---------------------------------------------------------------------------
+// A table in the canonical form of quantize_weight: weight_int8 int8
+// [num_embeddings, embedding_dim] and weight_scale float32 [num_embeddings]; row r
+// stands for weight_int8[r] * weight_scale[r]. Rows are dequantized as
+// float(q) * scale in float32, then converted to `dtype` (float32 when not given;
+// float64, float16 and bfloat16 too).
+
+// F.embedding on the dequantized table: out = table[indices], shape
+// indices.shape + [embedding_dim]. indices: int32 / int64, any shape (0-dim too).
+// An index outside [0, num_embeddings) is an error (CPU: naming the index and the
+// table size; CUDA: a device-side assert, as torch's embedding). F.embedding's
+// padding_idx changes only the gradient, so there is none here: the padding row
+// returns what is stored (zeros for a layer made by nn.Embedding(padding_idx=...)).
+// Not differentiable: a backward through the result raises an error.
+Q8_API at::Tensor embedding(
+    const at::Tensor& weight_int8,
+    const at::Tensor& weight_scale,
+    const at::Tensor& indices,
+    std::optional<at::ScalarType> dtype = std::nullopt);
+
+// F.embedding_bag on the dequantized table, accumulated in float32: returns
+// [bags, embedding_dim]. indices 2-D [bags, n] (no offsets), or 1-D with 1-D
+// offsets (bag b is indices[offsets[b]:offsets[b + 1]], the last one running to
+// the end, or to offsets[-1] with include_last_offset); offsets[0] == 0,
+// non-decreasing, at most indices.numel(). mode "sum", "mean" or "max";
+// per_sample_weights (sum only, indices' shape) multiply each dequantized row.
+// Entries equal to padding_idx (negative counts from the end) are left out of the
+// bag (and of the mean's count); an empty bag gives zeros.
+Q8_API at::Tensor embedding_bag(
+    const at::Tensor& weight_int8,
+    const at::Tensor& weight_scale,
+    const at::Tensor& indices,
+    const std::optional<at::Tensor>& offsets = std::nullopt,
+    c10::string_view mode = "sum",
+    const std::optional<at::Tensor>& per_sample_weights = std::nullopt,
+    bool include_last_offset = false,
+    std::optional<int64_t> padding_idx = std::nullopt,
+    std::optional<at::ScalarType> dtype = std::nullopt);
+
 // The CPU kernel family in use: "avx512_vnni", "avx512", "avx_vnni", "avx2" or
 // "default" (portable). Q8_CPU_ISA=<name> in the environment, or set_cpu_isa(),
 // forces another one this CPU supports (cpu_isas()); every family gives

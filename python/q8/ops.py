@@ -41,6 +41,8 @@ __all__ = [
     "set_cpu_isa",
     "histogram_observe",
     "histogram_qparams",
+    "embedding",
+    "embedding_bag",
 ]
 
 
@@ -353,3 +355,46 @@ def histogram_qparams(
       (``scale = float32 eps``, ``zero_point = quant_min`` asymmetric).
     """
     return torch.ops.q8.histogram_qparams(histogram, hist_min, hist_max, percentile, quant_min, quant_max, symmetric)
+
+
+def embedding(
+    weight_int8: Tensor, weight_scale: Tensor, indices: Tensor, dtype: Optional[torch.dtype] = None
+) -> Tensor:
+    """``F.embedding(indices, weight_int8 * weight_scale[:, None])`` without building the float table.
+
+    The table is q8's canonical int8 form (:func:`quantize_weight` of the float table):
+    ``weight_int8`` int8 ``[num_embeddings, embedding_dim]``, ``weight_scale`` float32
+    ``[num_embeddings]``. Each row is dequantized as ``float(q) * scale`` in float32 and
+    returned as ``dtype`` (float32 by default; float64, float16, bfloat16). ``indices``
+    is int32 or int64 of any shape (0-dim too); the result has shape
+    ``indices.shape + (embedding_dim,)``. An index outside ``[0, num_embeddings)`` is
+    an error (on CUDA a device-side assert, as ``F.embedding``). There is no
+    ``padding_idx``: ``F.embedding``'s changes only the gradient, and the table is frozen
+    (a backward through the result raises).
+    """
+    return torch.ops.q8.embedding(weight_int8, weight_scale, indices, dtype)
+
+
+def embedding_bag(
+    weight_int8: Tensor,
+    weight_scale: Tensor,
+    indices: Tensor,
+    offsets: Optional[Tensor] = None,
+    mode: str = "sum",
+    per_sample_weights: Optional[Tensor] = None,
+    include_last_offset: bool = False,
+    padding_idx: Optional[int] = None,
+    dtype: Optional[torch.dtype] = None,
+) -> Tensor:
+    """``F.embedding_bag`` on the dequantized table (see :func:`embedding`), accumulated in float32.
+
+    ``indices`` is 2-D ``[bags, n]`` (``offsets`` None) or 1-D with 1-D ``offsets`` (int32
+    or int64; ``offsets[0] == 0``, non-decreasing, at most ``indices.numel()``); bag ``b``
+    is ``indices[offsets[b]:offsets[b + 1]]``, the last one running to the end (or to
+    ``offsets[-1]`` with ``include_last_offset``). ``mode`` is ``"sum"``, ``"mean"`` or
+    ``"max"``; ``per_sample_weights`` (sum only, ``indices``' shape) multiply each row.
+    Entries equal to ``padding_idx`` are left out (of the mean's count too) and an empty
+    bag gives zeros. Returns ``[bags, embedding_dim]`` in ``dtype`` (float32 by default).
+    """
+    return torch.ops.q8.embedding_bag(weight_int8, weight_scale, indices, offsets, mode, per_sample_weights,
+                                      include_last_offset, padding_idx, dtype)

@@ -111,6 +111,16 @@ def sample_inputs(device, requires_grad):
         (OPS.linear.default, (x_(4, 37, rg=False), packed, ws, None, "static",
                               torch.tensor(0.05, device=device), torch.tensor(128, dtype=torch.int32, device=device))),
     ]
+    # Int8 embeddings (inference ops: backward raises, so no requires_grad samples here; the
+    # full set of samples, requires_grad included, is in test_embedding.py).
+    e8, es = q8.quantize_weight(torch.randn(30, 12, device=device))
+    eidx = torch.randint(0, 30, (8,), device=device)
+    samples += [
+        (OPS.embedding.default, (e8, es, eidx.view(2, 4), torch.bfloat16)),
+        (OPS.embedding_bag.default, (e8, es, eidx, torch.tensor([0, 3, 3], device=device), "sum",
+                                     torch.rand(8, device=device), False, None, None)),
+        (OPS.embedding_bag.default, (e8, es, eidx.view(2, 4), None, "max", None, False, 1, None)),
+    ]
     return samples
 
 
@@ -138,7 +148,7 @@ def test_ops_carry_pt2_compliant_tag():
     for name in ["fake_quantize_per_tensor", "fake_quantize_per_channel", "choose_qparams", "quantize", "dequantize",
                  "_fake_quantize_cachemask", "_fake_quantize_mask_backward", "_fake_quantize_learnable_backward",
                  "quantize_weight", "pack_weight", "unpack_weight", "int8_mm", "linear", "observe_fake_quantize",
-                 "histogram_observe", "histogram_qparams"]:
+                 "histogram_observe", "histogram_qparams", "embedding", "embedding_bag"]:
         assert torch.Tag.pt2_compliant_tag in getattr(OPS, name).default.tags, name
 
 

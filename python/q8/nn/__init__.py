@@ -2,6 +2,8 @@
 
 * :class:`Int8Linear`: a drop-in ``torch.nn.Linear`` with int8 weights (per output
   channel, symmetric), kept packed for the int8 kernels;
+* :class:`Int8Embedding`, :class:`Int8EmbeddingBag`: ``torch.nn.Embedding`` /
+  ``torch.nn.EmbeddingBag`` with int8 rows (one symmetric scale per row);
 * :class:`Int8Conv2d`: a ``torch.nn.Conv2d`` that stores int8 weights and
   dequantizes them to compute (4x smaller, not faster);
 * :class:`Int8MultiheadAttention` (and :class:`QATMultiheadAttention`,
@@ -19,11 +21,13 @@
 from .attention import (Int8MultiheadAttention, Int8TransformerEncoder, Int8TransformerEncoderLayer,
                         QATMultiheadAttention)
 from .conv import Int8Conv2d
+from .embedding import Int8Embedding, Int8EmbeddingBag
 from .hf import QATConv1D
 from .linear import FORMAT_VERSION, Int8Linear
 from .qat import FakeQuantize, QATConv2d, QATLinear
 from .rnn import RNN_FORMAT_VERSION, Int8GRU, Int8GRUCell, Int8LSTM, Int8LSTMCell, Int8RNN, Int8RNNCell
 
-__all__ = ["FORMAT_VERSION", "RNN_FORMAT_VERSION", "FakeQuantize", "Int8Conv2d", "Int8GRU", "Int8GRUCell", "Int8LSTM",
-           "Int8LSTMCell", "Int8Linear", "Int8MultiheadAttention", "Int8RNN", "Int8RNNCell", "Int8TransformerEncoder",
-           "Int8TransformerEncoderLayer", "QATConv1D", "QATConv2d", "QATLinear", "QATMultiheadAttention"]
+__all__ = ["FORMAT_VERSION", "RNN_FORMAT_VERSION", "FakeQuantize", "Int8Conv2d", "Int8Embedding", "Int8EmbeddingBag",
+           "Int8GRU", "Int8GRUCell", "Int8LSTM", "Int8LSTMCell", "Int8Linear", "Int8MultiheadAttention", "Int8RNN",
+           "Int8RNNCell", "Int8TransformerEncoder", "Int8TransformerEncoderLayer", "QATConv1D", "QATConv2d", "QATLinear",
+           "QATMultiheadAttention"]
