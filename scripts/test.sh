@@ -27,7 +27,7 @@ matrix="${Q8_TORCH_MATRIX:-0}"
 for arg in "$@"; do
   case "$arg" in
     --matrix) matrix=1 ;;
-    -h|--help) sed -n '2,23p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,22p' "$0"; exit 0 ;;
     *) echo "scripts/test.sh: unknown argument '$arg' (use --matrix or nothing)" >&2; exit 2 ;;
   esac
 done
