@@ -47,6 +47,7 @@ SLOW_REPS = 3
 MAX_ERR_WO = 1e-4            # q8 weight_only vs F.linear with the dequantized weight
 PEAK_KINDS = ["vpdpbusd512", "vpdpbusd256", "fma512"]
 INT8_PEAK_KINDS = ["vpdpbusd512", "vpdpbusd256"]   # the first one that measures is the int8 peak
+FP32_PEAK_KINDS = ["fma512"]                       # the fp32 peak fp32 F.linear is compared with
 GOALS = {
     "big": {"peak": 0.6, "fp32": 3.0, "torch_dyn": 1.0},    # M >= 128, dynamic
     "one": {"fp32": 2.0, "torch_dyn": 2.0, "wo_fp32": 2.0},  # M == 1
@@ -144,7 +145,7 @@ def measure_peaks(ms):
     return peaks
 
 
-def header(threads, heap, engine, ao_desc, peaks, int8_peak):
+def header(threads, heap, engine, ao_desc, peaks, int8_peak, fp32_peak):
     cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")),
                platform.processor() or "unknown")
     par = torch.__config__.parallel_info().splitlines()
@@ -171,6 +172,8 @@ def header(threads, heap, engine, ao_desc, peaks, int8_peak):
         peak_line = "; ".join(f"{k} {v:.0f} GOP/s" if isinstance(v, float) else f"{k} {v}" for k, v in peaks.items())
     int8_line = (f"{int8_peak[0]} {int8_peak[1]:.0f} GOP/s x {threads} threads = {int8_peak[1] * threads:.0f} GOP/s"
                  if int8_peak else "unavailable: the 'of peak' column and goal are n/a")
+    fp32_line = (f"{fp32_peak[0]} {fp32_peak[1]:.0f} GFLOP/s x {threads} threads = {fp32_peak[1] * threads:.0f} GFLOP/s"
+                 if fp32_peak else "unavailable: the 'fp32 of peak' column is n/a")
     return [
         "# q8 int8 linear vs fp32 and torch int8 linears (CPU, float32 input)",
         "",
@@ -186,6 +189,7 @@ def header(threads, heap, engine, ao_desc, peaks, int8_peak):
         f"- torchao: {ao_desc}",
         f"- one-thread peaks (q8._cpu_peak_gops, 2 ops per multiply-add): {peak_line}",
         f"- int8 peak used: {int8_line}",
+        f"- fp32 peak used: {fp32_line}",
         f"- heap: {heap}",
         "",
     ]
@@ -315,7 +319,14 @@ NOTES = [
     "output channel (symmetric int8); torch dyn is quantize_dynamic's default (per-tensor int8 weight, "
     "per-tensor activation). int8pack is torch._weight_int8pack_mm on q8's own int8 weight and scales, plus "
     "a separate in-place bias add. torchao runs whatever kernel it picks for a CPU float32 nn.Linear.",
-    "- GOP/s = 2*M*N*K / t of q8 dyn; of peak = that / (one-thread vpdpbusd peak x threads), measured in this run.",
+    "- GOP/s = 2*M*N*K / t of q8 dyn; of peak = that / (one-thread vpdpbusd peak x threads), measured in this run. "
+    "fp32 GFLOP/s = 2*M*N*K / t of fp32 F.linear; fp32 of peak = that / (one-thread fma512 peak x threads), "
+    "measured in the same run.",
+    "- which ratios travel to another CPU: q8's fraction of the int8 peak and dyn/torch (int8 against int8, "
+    "both bound by the same vpdpbusd units) move little from machine to machine; dyn/fp32 and wo/fp32 do not: "
+    "they scale with how close the BLAS gets to the fp32 FMA peak on that CPU (the fp32 of peak column) and "
+    "with the CPU's int8/fp32 peak ratio (vpdpbusd / fma512 above). Expected dyn/fp32 on another machine is "
+    "about (q8 of peak / fp32 of peak) x (int8 peak / fp32 peak) of that machine.",
     "- dyn wt GB/s = the int8 weight's N*K bytes / t of q8 dyn; of read = t_read / t_q8dyn, where read sums a "
     "float32 buffer of N*K bytes (the same bytes, interleaved in the same loop): at M = 1 a linear layer can be "
     "at most about as fast as reading its weight once, so near 1.0 q8 is memory bound and no int8 kernel "
@@ -364,15 +375,19 @@ def main():
     if peaks:
         int8_peak = next(((k, peaks[k]) for k in INT8_PEAK_KINDS if isinstance(peaks.get(k), float) and peaks[k] > 0),
                          None)
+    fp32_peak = None
+    if peaks:
+        fp32_peak = next(((k, peaks[k]) for k in FP32_PEAK_KINDS if isinstance(peaks.get(k), float) and peaks[k] > 0),
+                         None)
     threads = torch.get_num_threads()
 
     cols = [label for _, label in CONTENDERS]
-    hdr = header(threads, heap, engine, ao_desc, peaks, int8_peak)
+    hdr = header(threads, heap, engine, ao_desc, peaks, int8_peak, fp32_peak)
     lines = hdr + [
         "| M | K | N | " + " | ".join(f"{c} µs" for c in cols)
-        + " | dyn/fp32 | dyn/torch | dyn/ao | wo/fp32 | wo/i8pk | wo/ao | dyn GOP/s | of peak | dyn wt GB/s "
+        + " | dyn/fp32 | dyn/torch | dyn/ao | wo/fp32 | wo/i8pk | wo/ao | dyn GOP/s | of peak | fp32 GFLOP/s | fp32 of peak | dyn wt GB/s "
         "| of read | err dyn | err wo | noise | goals |",
-        "|" + "---:|" * (3 + len(cols) + 12) + "---:|---|",
+        "|" + "---:|" * (3 + len(cols) + 14) + "---:|---|",
     ]
     print("\n".join(lines), flush=True)
     results, missing, n_head = [], {}, len(lines)
@@ -396,6 +411,8 @@ def main():
         slow_keys = {keys[i] for i in slow}
         gops = 2 * m * n * k / t["q8_dyn"] / 1e9
         frac = gops / (int8_peak[1] * threads) if int8_peak else None
+        fp32_gflops = 2 * m * n * k / t["fp32"] / 1e9
+        fp32_frac = fp32_gflops / (fp32_peak[1] * threads) if fp32_peak else None
         r = {
             "dyn_fp32": ratio(t["fp32"], t["q8_dyn"]), "dyn_torch": ratio(t["torch_dyn"], t["q8_dyn"]),
             "dyn_ao": ratio(t["ao_dyn"], t["q8_dyn"]), "wo_fp32": ratio(t["fp32"], t["q8_wo"]),
@@ -405,13 +422,15 @@ def main():
         cells = [fmt_us(t[key]) + ("\u2021" if key in slow_keys else "") for key, _ in CONTENDERS]
         row = (f"| {m} | {k} | {n} | " + " | ".join(cells) + " | "
                + " | ".join(fmt_x(r[x]) for x in ("dyn_fp32", "dyn_torch", "dyn_ao", "wo_fp32", "wo_int8pack", "wo_ao"))
-               + f" | {gops:.0f} | {'—' if frac is None else f'{frac:.2f}'} | {n * k / t['q8_dyn'] / 1e9:.0f} | "
+               + f" | {gops:.0f} | {'—' if frac is None else f'{frac:.2f}'} | {fp32_gflops:.0f} | "
+               f"{'—' if fp32_frac is None else f'{fp32_frac:.2f}'} | {n * k / t['q8_dyn'] / 1e9:.0f} | "
                f"{t['read'] / t['q8_dyn']:.2f} | {errs['q8_dyn']:.1e} | "
                f"{errs['q8_wo_vs_deq']:.1e} | {max(noise):.0%} | {goals} |")
         lines.append(row)
         print(row, flush=True)
         results.append({
             "M": m, "K": k, "N": n, "seconds": t, "ratios": r, "q8_dyn_gops": gops, "fraction_of_int8_peak": frac,
+            "fp32_gflops": fp32_gflops, "fp32_fraction_of_fp32_peak": fp32_frac,
             "rel_err": errs, "valid": valid, "goals": goals,
             "slow": sorted(slow_keys), "noise": dict(zip(keys, noise)),
             "minor_faults_per_call": dict(zip(keys, faults)),
@@ -429,7 +448,7 @@ def main():
             json.dump({
                 "header": [l for l in hdr if l],
                 "torch": torch.__version__, "threads": threads, "quantized_engine": engine, "torchao": ao_desc,
-                "peaks_one_thread_gops": peaks, "int8_peak": int8_peak, "unavailable": missing,
+                "peaks_one_thread_gops": peaks, "int8_peak": int8_peak, "fp32_peak": fp32_peak, "unavailable": missing,
                 "reps": reps, "target_s": target_s, "results": results,
             }, fh, indent=1)
     wrong = [f"{x['M']}x{x['K']}x{x['N']}" for x in results if not x["valid"]]

@@ -49,6 +49,7 @@
 //   0 since its mask is false; its forward output is NaN.) An empty input runs no
 //   kernel, so its parameters are not looked at. _fake_quantize_mask_backward and
 //   choose_qparams take no scale or zero point.
+#include <algorithm>
 #include <cfloat>
 #include <cstdint>
 #include <limits>
@@ -386,42 +387,153 @@ at::Tensor fake_quantize_mask_backward_cuda(const at::Tensor& grad, const at::Te
 }
 
 // ---------------------------------------------------------------------------
-// Learnable backward (LSQ): dx and the per-element terms in one pass, then the
-// terms are summed over every dim but the axis with at::sum (on the device, in
-// float32, as torch's own CUDA learnable backward). The CPU sums each run in
-// float32 lanes and the runs in float64, so grad_scale / grad_zero_point agree
-// to rounding, not bit for bit; grad_input is bit-identical.
+// Learnable backward (LSQ): dx and the per-channel sums of the LSQ terms in one
+// pass over grad and input, with no per-element temporaries (the CPU fuses the
+// same way for long runs). Deterministic: the split of the work depends on the
+// shape only, never on the GPU, and every sum is taken in a fixed order.
+//
+// grad, input and dx share one dense layout (strides a permutation of a
+// contiguous tensor's), read in memory order as [outer, C, inner]: channel
+// c = (offset / inner) % C with inner = stride(axis) (per tensor, or one channel:
+// C = 1, inner = numel). Two shapes of kernel:
+//   runs   (inner >= 32, and per tensor): block (c, s) walks part s of channel
+//          c's runs, coalesced; a float32 sum per thread, the block's threads
+//          added in float64, one float64 partial per (s, c);
+//   columns (inner < 32, e.g. channels_last with axis 1): the P = C * inner
+//          positions of a row are columns; thread p sums column p over part s of
+//          the rows in float32, one float32 partial per (s, p) (at most numel / 16
+//          values, or P when there is one part).
+// Then one thread per channel adds its partials in float64 and stores float32.
+// The CPU sums each run in float32 lanes and the runs in float64, so grad_scale /
+// grad_zero_point agree to rounding, not bit for bit; grad_input is
+// bit-identical. A grad or input of another layout is first copied into one
+// (a grad that is an expanded scalar, as from out.sum(), is such a copy).
 // ---------------------------------------------------------------------------
-template <typename scalar_t>
-void learnable_backward_launch(at::TensorIterator& iter, const float* p, bool per_channel, bool zero_point_grad,
-                               float lo, float hi) {
-  using Out3 = thrust::tuple<scalar_t, float, float>;
-  using Out2 = thrust::tuple<scalar_t, float>;
-  if (!per_channel && zero_point_grad) {
-    at::native::gpu_kernel_multiple_outputs(iter, [p, lo, hi] GPU_LAMBDA(scalar_t g, scalar_t x) -> Out3 {
-      const LsqTerms t = lsq_terms(static_cast<float>(g), static_cast<float>(x), load_param(p), load_param(p + 1),
-                                   load_param(p + 2), lo, hi);
-      return {static_cast<scalar_t>(t.dx), t.ds, t.dz};
-    });
-  } else if (!per_channel) {
-    at::native::gpu_kernel_multiple_outputs(iter, [p, lo, hi] GPU_LAMBDA(scalar_t g, scalar_t x) -> Out2 {
-      const LsqTerms t = lsq_terms(static_cast<float>(g), static_cast<float>(x), load_param(p), load_param(p + 1),
-                                   load_param(p + 2), lo, hi);
-      return {static_cast<scalar_t>(t.dx), t.ds};
-    });
-  } else if (zero_point_grad) {
-    at::native::gpu_kernel_multiple_outputs(
-        iter, [lo, hi] GPU_LAMBDA(scalar_t g, scalar_t x, float s, float inv, float z) -> Out3 {
-          const LsqTerms t = lsq_terms(static_cast<float>(g), static_cast<float>(x), s, inv, z, lo, hi);
-          return {static_cast<scalar_t>(t.dx), t.ds, t.dz};
-        });
-  } else {
-    at::native::gpu_kernel_multiple_outputs(
-        iter, [lo, hi] GPU_LAMBDA(scalar_t g, scalar_t x, float s, float inv, float z) -> Out2 {
-          const LsqTerms t = lsq_terms(static_cast<float>(g), static_cast<float>(x), s, inv, z, lo, hi);
-          return {static_cast<scalar_t>(t.dx), t.ds};
-        });
+constexpr int kLsqThreads = 256;
+constexpr int64_t kLsqTargetBlocks = 1024;   // enough blocks to fill any GPU
+constexpr int64_t kLsqMinPerThread = 8;      // elements per thread before another split pays
+constexpr int64_t kLsqColumnsMaxInner = 32;  // inner below this: the columns kernel
+constexpr int64_t kLsqMinRowsPerPart = 16;   // columns kernel: rows per part when split
+
+__device__ __forceinline__ double lsq_block_sum(double v, double* smem) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) {
+    v += __shfl_xor_sync(0xffffffffu, v, o);
   }
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  __syncthreads();  // a previous call's readers are done with smem
+  if (lane == 0) {
+    smem[warp] = v;
+  }
+  __syncthreads();
+  double t = 0.0;
+  if (threadIdx.x == 0) {
+    for (int i = 0; i < kLsqThreads / 32; ++i) {  // a fixed order
+      t += smem[i];
+    }
+  }
+  return t;  // thread 0 only
+}
+
+// params: [3, C] (scale, 1 / scale, zero point). part_ds / part_dz: [S, C]
+// float64 (part_dz unused without a zero-point gradient).
+template <typename scalar_t, bool kZeroGrad>
+__global__ void __launch_bounds__(kLsqThreads)
+    lsq_backward_runs_kernel(const scalar_t* __restrict__ g, const scalar_t* __restrict__ x,
+                             scalar_t* __restrict__ dx, const float* __restrict__ params, int64_t channels,
+                             int64_t inner, int64_t per_channel, int64_t per_part, float lo, float hi,
+                             double* __restrict__ part_ds, double* __restrict__ part_dz) {
+  __shared__ double smem[kLsqThreads / 32];
+  const int64_t c = blockIdx.x;
+  const int64_t part = blockIdx.y;
+  const float s = params[c], inv = params[channels + c], z = params[2 * channels + c];
+  const int64_t j0 = part * per_part;
+  const int64_t j1 = j0 + per_part < per_channel ? j0 + per_part : per_channel;
+  float ds = 0.f, dz = 0.f;
+  for (int64_t j = j0 + threadIdx.x; j < j1; j += kLsqThreads) {
+    const int64_t row = j / inner;
+    const int64_t o = (row * channels + c) * inner + (j - row * inner);
+    const LsqTerms t = lsq_terms(static_cast<float>(g[o]), static_cast<float>(x[o]), s, inv, z, lo, hi);
+    dx[o] = static_cast<scalar_t>(t.dx);
+    ds += t.ds;
+    if constexpr (kZeroGrad) {
+      dz += t.dz;
+    }
+  }
+  const double bds = lsq_block_sum(static_cast<double>(ds), smem);
+  double bdz = 0.0;
+  if constexpr (kZeroGrad) {
+    bdz = lsq_block_sum(static_cast<double>(dz), smem);
+  }
+  if (threadIdx.x == 0) {
+    part_ds[part * channels + c] = bds;
+    if constexpr (kZeroGrad) {
+      part_dz[part * channels + c] = bdz;
+    }
+  }
+}
+
+// positions = C * inner (a row); rows = outer. part_ds / part_dz: [S, positions] float32.
+template <typename scalar_t, bool kZeroGrad>
+__global__ void __launch_bounds__(kLsqThreads)
+    lsq_backward_columns_kernel(const scalar_t* __restrict__ g, const scalar_t* __restrict__ x,
+                                scalar_t* __restrict__ dx, const float* __restrict__ params, int64_t channels,
+                                int64_t inner, int64_t positions, int64_t rows, int64_t rows_per_part, float lo,
+                                float hi, float* __restrict__ part_ds, float* __restrict__ part_dz) {
+  const int64_t p = static_cast<int64_t>(blockIdx.x) * kLsqThreads + threadIdx.x;
+  if (p >= positions) {
+    return;
+  }
+  const int64_t part = blockIdx.y;
+  const int64_t c = p / inner;
+  const float s = params[c], inv = params[channels + c], z = params[2 * channels + c];
+  const int64_t r0 = part * rows_per_part;
+  const int64_t r1 = r0 + rows_per_part < rows ? r0 + rows_per_part : rows;
+  float ds = 0.f, dz = 0.f;
+  for (int64_t r = r0; r < r1; ++r) {
+    const int64_t o = r * positions + p;
+    const LsqTerms t = lsq_terms(static_cast<float>(g[o]), static_cast<float>(x[o]), s, inv, z, lo, hi);
+    dx[o] = static_cast<scalar_t>(t.dx);
+    ds += t.ds;
+    if constexpr (kZeroGrad) {
+      dz += t.dz;
+    }
+  }
+  part_ds[part * positions + p] = ds;
+  if constexpr (kZeroGrad) {
+    part_dz[part * positions + p] = dz;
+  }
+}
+
+// One thread per channel: out[c] = sum over parts s and the `width` consecutive
+// partials of channel c (row stride `stride`), in float64.
+template <typename P>
+__global__ void lsq_finish_kernel(const P* __restrict__ part_ds, const P* __restrict__ part_dz, int64_t channels,
+                                  int64_t parts, int64_t width, int64_t stride, float* __restrict__ grad_scale,
+                                  float* __restrict__ grad_zero_point) {
+  const int64_t c = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (c >= channels) {
+    return;
+  }
+  double ds = 0.0, dz = 0.0;
+  for (int64_t sp = 0; sp < parts; ++sp) {
+    for (int64_t i = 0; i < width; ++i) {
+      ds += static_cast<double>(part_ds[sp * stride + c * width + i]);
+      if (part_dz != nullptr) {
+        dz += static_cast<double>(part_dz[sp * stride + c * width + i]);
+      }
+    }
+  }
+  grad_scale[c] = static_cast<float>(ds);
+  grad_zero_point[c] = static_cast<float>(dz);
+}
+
+int64_t div_up(int64_t a, int64_t b) {
+  return (a + b - 1) / b;
+}
+
+int64_t clamp64(int64_t v, int64_t lo, int64_t hi) {
+  return v < lo ? lo : (v > hi ? hi : v);
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> fake_quantize_learnable_backward_cuda(
@@ -444,46 +556,84 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> fake_quantize_learnable_backward_
     return {dx, at::zeros(scale.sizes(), f32), at::zeros(zero_point.sizes(), f32)};
   }
   const auto params = prepare_params(scale, zero_point, quant_min, quant_max);
-  // Per-element terms, laid out as dx.
-  auto ds = at::empty_like(dx, f32, at::MemoryFormat::Preserve);
-  at::Tensor dz = zero_point_grad ? at::empty_like(dx, f32, at::MemoryFormat::Preserve) : at::Tensor();
-  at::Tensor s, inv, z;
-  at::TensorIteratorConfig config;
-  config.check_all_same_dtype(false).add_output(dx).add_output(ds);
-  if (zero_point_grad) {
-    config.add_output(dz);
-  }
-  config.add_const_input(grad).add_const_input(input);
-  if (wrapped.has_value()) {
-    s = channel_view(params, 0, input.dim(), *wrapped);
-    inv = channel_view(params, 1, input.dim(), *wrapped);
-    z = channel_view(params, 2, input.dim(), *wrapped);
-    config.add_const_input(s).add_const_input(inv).add_const_input(z);
-  }
-  auto iter = config.build();
+  const int64_t channels = params.size(1);
+
+  // One dense layout for x, grad and the kernel's dx (see above).
+  const at::Tensor x = input.is_non_overlapping_and_dense() ? input : input.contiguous();
+  const at::Tensor g = (grad.strides() == x.strides() && grad.is_non_overlapping_and_dense())
+      ? grad
+      : at::empty_like(x, x.options(), at::MemoryFormat::Preserve).copy_(grad);
+  const at::Tensor dxk = dx.strides() == x.strides() ? dx : at::empty_like(x, x.options(), at::MemoryFormat::Preserve);
+  TORCH_INTERNAL_ASSERT(g.strides() == x.strides() && dxk.strides() == x.strides());
+  const int64_t numel = x.numel();
+  const int64_t inner = (wrapped.has_value() && channels > 1) ? x.stride(*wrapped) : numel;
+  const int64_t outer = numel / (channels * inner);
+  TORCH_INTERNAL_ASSERT(outer * channels * inner == numel);
+
+  auto grad_scale = at::empty({channels}, f32);
+  auto grad_zero_point = at::empty({channels}, f32);
   const float lo = static_cast<float>(quant_min);
   const float hi = static_cast<float>(quant_max);
-  const float* p = params.const_data_ptr<float>();
-  Q8_DISPATCH_FLOAT_TYPES(input.scalar_type(), "q8_fake_quantize_learnable_backward_cuda", [&] {
-    learnable_backward_launch<scalar_t>(iter, p, wrapped.has_value(), zero_point_grad, lo, hi);
+  const float* pp = params.const_data_ptr<float>();
+  auto stream = at::cuda::getCurrentCUDAStream();
+  const unsigned finish_blocks = static_cast<unsigned>(div_up(channels, kSmallKernelThreads));
+  Q8_DISPATCH_FLOAT_TYPES(x.scalar_type(), "q8_fake_quantize_learnable_backward_cuda", [&] {
+    const scalar_t* gp = g.const_data_ptr<scalar_t>();
+    const scalar_t* xp = x.const_data_ptr<scalar_t>();
+    scalar_t* dp = dxk.mutable_data_ptr<scalar_t>();
+    if (inner >= kLsqColumnsMaxInner || channels == 1) {
+      const int64_t per_channel = outer * inner;
+      const int64_t parts = clamp64(std::min(div_up(kLsqTargetBlocks, channels),
+                                             div_up(per_channel, kLsqThreads * kLsqMinPerThread)),
+                                    1, 65535);
+      const int64_t per_part = div_up(per_channel, parts);
+      TORCH_CHECK(channels <= (int64_t{1} << 31) - 1, "q8.", op, ": too many channels for the CUDA kernel");
+      auto part_ds = at::empty({parts, channels}, input.options().dtype(at::kDouble));
+      auto part_dz = zero_point_grad ? at::empty({parts, channels}, input.options().dtype(at::kDouble)) : part_ds;
+      const dim3 grid(static_cast<unsigned>(channels), static_cast<unsigned>(parts));
+      if (zero_point_grad) {
+        lsq_backward_runs_kernel<scalar_t, true><<<grid, kLsqThreads, 0, stream>>>(
+            gp, xp, dp, pp, channels, inner, per_channel, per_part, lo, hi, part_ds.mutable_data_ptr<double>(),
+            part_dz.mutable_data_ptr<double>());
+      } else {
+        lsq_backward_runs_kernel<scalar_t, false><<<grid, kLsqThreads, 0, stream>>>(
+            gp, xp, dp, pp, channels, inner, per_channel, per_part, lo, hi, part_ds.mutable_data_ptr<double>(),
+            nullptr);
+      }
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+      lsq_finish_kernel<double><<<finish_blocks, kSmallKernelThreads, 0, stream>>>(
+          part_ds.const_data_ptr<double>(), zero_point_grad ? part_dz.const_data_ptr<double>() : nullptr, channels,
+          parts, 1, channels, grad_scale.mutable_data_ptr<float>(), grad_zero_point.mutable_data_ptr<float>());
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    } else {
+      const int64_t positions = channels * inner;
+      const int64_t pblocks = div_up(positions, kLsqThreads);
+      TORCH_CHECK(pblocks <= (int64_t{1} << 31) - 1, "q8.", op, ": input too large for the CUDA kernel");
+      const int64_t parts = clamp64(std::min(div_up(kLsqTargetBlocks, pblocks), outer / kLsqMinRowsPerPart), 1,
+                                    65535);
+      const int64_t rows_per_part = div_up(outer, parts);
+      auto part_ds = at::empty({parts, positions}, f32);
+      auto part_dz = zero_point_grad ? at::empty({parts, positions}, f32) : part_ds;
+      const dim3 grid(static_cast<unsigned>(pblocks), static_cast<unsigned>(parts));
+      if (zero_point_grad) {
+        lsq_backward_columns_kernel<scalar_t, true><<<grid, kLsqThreads, 0, stream>>>(
+            gp, xp, dp, pp, channels, inner, positions, outer, rows_per_part, lo, hi,
+            part_ds.mutable_data_ptr<float>(), part_dz.mutable_data_ptr<float>());
+      } else {
+        lsq_backward_columns_kernel<scalar_t, false><<<grid, kLsqThreads, 0, stream>>>(
+            gp, xp, dp, pp, channels, inner, positions, outer, rows_per_part, lo, hi,
+            part_ds.mutable_data_ptr<float>(), nullptr);
+      }
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+      lsq_finish_kernel<float><<<finish_blocks, kSmallKernelThreads, 0, stream>>>(
+          part_ds.const_data_ptr<float>(), zero_point_grad ? part_dz.const_data_ptr<float>() : nullptr, channels,
+          parts, inner, positions, grad_scale.mutable_data_ptr<float>(), grad_zero_point.mutable_data_ptr<float>());
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    }
   });
-
-  // Sum over every dimension but the axis (per tensor: all of them).
-  std::vector<int64_t> dims;
-  for (int64_t d = 0; d < input.dim(); ++d) {
-    if (wrapped.has_value() && d != *wrapped) {
-      dims.push_back(d);
-    }
+  if (!dxk.is_same(dx)) {
+    dx.copy_(dxk);
   }
-  auto reduce = [&](const at::Tensor& t) {
-    if (!wrapped.has_value()) {
-      return t.sum();
-    }
-    return dims.empty() ? t.clone() : t.sum(dims);
-  };
-  const int64_t channels = params.size(1);
-  at::Tensor grad_scale = reduce(ds);
-  at::Tensor grad_zero_point = zero_point_grad ? reduce(dz) : at::zeros({channels}, f32);
   return {dx, grad_scale.reshape(scale.sizes()), grad_zero_point.reshape(zero_point.sizes())};
 }
 

@@ -11,11 +11,16 @@
 //      histogram for the new range (zeros the first time, the old bins when the
 //      range did not move, else the overlap re-binning of hist_rebin_bin) into a
 //      scratch buffer, plus [active, new lo, new hi] for the next launches.
-//   3. counts (only for a non-empty input): each finite value adds 1 to its bin,
-//      in a per-block shared-memory uint32 histogram (up to kSharedBins bins),
-//      then float64 atomicAdd into a zeroed buffer; with more bins, float64
-//      atomicAdd straight into it. The counts are integers (exact in float64 up
-//      to 2^53), so the order of the atomics does not matter.
+//   3. counts (only for a non-empty input): each finite value adds 1 to its bin;
+//      lanes of a warp with the same bin are merged first (one atomic per bin
+//      and warp step: a hot bin such as post-ReLU zeros does not serialize),
+//      into a per-block shared-memory uint32 histogram (as many bins as the
+//      block's opt-in shared memory holds), then float64 atomicAdd into a zeroed
+//      buffer; with more bins, float64 atomicAdd straight into it. Blocks: one
+//      per kThreads * 8 values, at most 8 per SM, and with private bins at most
+//      n / bins (each block clears and flushes every bin). The counts are
+//      integers (exact in float64 up to 2^53), so the order of the atomics does
+//      not matter.
 //   4. commit (one thread per bin): histogram = base + counts, and the new range.
 //   The CPU computes the same base, the same integer counts and the same sum,
 //   so the state is bit-identical on both devices.
@@ -59,7 +64,6 @@ namespace {
       AT_DISPATCH_CASE(at::ScalarType::BFloat16, __VA_ARGS__))
 
 constexpr int kThreads = 256;
-constexpr int64_t kSharedBins = 8192;  // 32 KiB of uint32 counters per block
 constexpr int kQparamsThreads = 256;
 
 // 1. Flags read on the device and the finite min / max reduction (Flag,
@@ -102,6 +106,13 @@ __global__ void prepare_kernel(Flag observer_on, const float* batch, int64_t bat
 // ---------------------------------------------------------------------------
 // 3. Counts of a contiguous input.
 // ---------------------------------------------------------------------------
+// Every warp first merges its lanes that hit the same bin (__match_any_sync), so
+// a hot bin (the zeros after a ReLU) costs one atomic per warp and step, not 32.
+// kShared: each block counts into a private uint32 histogram in shared memory,
+// then adds its non-zero bins to the float64 counts; without it (more bins than
+// shared memory holds), float64 atomics go straight to the counts. The block
+// loop runs the same number of steps in every lane of a block (the bound is
+// block-uniform), so the warp-wide match sees all 32 lanes.
 template <typename scalar_t, bool kShared>
 __global__ void count_kernel(const scalar_t* x, int64_t n, const float* params, int64_t bins, double* counts) {
   extern __shared__ uint32_t shared_counts[];
@@ -116,15 +127,24 @@ __global__ void count_kernel(const scalar_t* x, int64_t n, const float* params, 
     }
     __syncthreads();
   }
+  const int lane = threadIdx.x & 31;
   const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
-  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += stride) {
-    const float v = static_cast<float>(x[i]);
-    if (detail::hist_finite(v)) {
-      const int64_t k = detail::hist_bin(v, lo, hi, bins);
+  for (int64_t i0 = static_cast<int64_t>(blockIdx.x) * blockDim.x; i0 < n; i0 += stride) {
+    const int64_t i = i0 + threadIdx.x;
+    long long key = -1;  // no bin
+    if (i < n) {
+      const float v = static_cast<float>(x[i]);
+      if (detail::hist_finite(v)) {
+        key = static_cast<long long>(detail::hist_bin(v, lo, hi, bins));
+      }
+    }
+    const unsigned peers = __match_any_sync(0xffffffffu, key);
+    if (key >= 0 && lane == __ffs(peers) - 1) {
+      const unsigned c = static_cast<unsigned>(__popc(peers));
       if (kShared) {
-        atomicAdd(&shared_counts[k], 1u);
+        atomicAdd(&shared_counts[key], c);
       } else {
-        atomicAdd(&counts[k], 1.0);
+        atomicAdd(&counts[key], static_cast<double>(c));
       }
     }
   }
@@ -207,13 +227,27 @@ void histogram_observe_cuda(
   if (input.numel() > 0) {
     const auto x = input.contiguous();
     const int64_t n = x.numel();
-    const int sms = at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
-    const int64_t wanted = (n + kThreads * 8 - 1) / (kThreads * 8);
-    const int blocks = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(wanted, int64_t{sms} * 8)));
-    const bool shared = bins <= kSharedBins;
+    const auto* props = at::cuda::getCurrentDeviceProperties();
+    const int sms = props->multiProcessorCount;
+    // Private shared-memory bins up to what a block may opt in to (about 56 K
+    // bins on an H100), then global float64 atomics.
+    const int64_t smem_limit = std::max<int64_t>(int64_t{48} * 1024, static_cast<int64_t>(props->sharedMemPerBlockOptin));
+    const bool shared = bins * static_cast<int64_t>(sizeof(uint32_t)) <= smem_limit;
     const size_t smem = shared ? static_cast<size_t>(bins) * sizeof(uint32_t) : 0;
+    // Enough blocks for the input (kThreads * 8 values each), at most 8 per SM,
+    // and with private bins no more blocks than n / bins: a block clears and
+    // flushes all its bins, which only pays when it counts at least as many values.
+    int64_t wanted = (n + kThreads * 8 - 1) / (kThreads * 8);
+    if (shared) {
+      wanted = std::min<int64_t>(wanted, n / bins);
+    }
+    const int blocks = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(wanted, int64_t{sms} * 8)));
     Q8_DISPATCH_FLOAT_TYPES(x.scalar_type(), "q8_histogram_count_cuda", [&] {
       if (shared) {
+        if (smem > size_t{48} * 1024) {
+          C10_CUDA_CHECK(cudaFuncSetAttribute(count_kernel<scalar_t, true>,
+                                              cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
+        }
         count_kernel<scalar_t, true><<<blocks, kThreads, smem, stream>>>(
             x.const_data_ptr<scalar_t>(), n, params.const_data_ptr<float>(), bins, counts.mutable_data_ptr<double>());
       } else {

@@ -21,9 +21,10 @@
 // (linear) or out_features (int8_mm) and K from the input. A CPU-packed weight
 // never has that size (packed_weight.h), so one moved to the GPU is refused with
 // a message saying to repack on this device. A weight packed for another N x K of
-// the same padded size passes this check; the float-output kernels also compare
-// the header (read on the device) with N x K and give NaN outputs when it does
-// not match. unpack_weight, an offline op, copies the 128 header bytes to the
+// the same padded size passes this check; the kernels that write the outputs
+// also compare the header (read on the device) with N x K and give NaN outputs
+// (linear) or INT64_MIN outputs (int8_mm, whose int64 results cannot be NaN; no
+// true result comes near it) when it does not match. unpack_weight, an offline op, copies the 128 header bytes to the
 // host and checks them all (magic, version, layout, N, K, offsets, size,
 // checksum), then verifies every weight against its row sum and the padding, as
 // the CPU does (it synchronizes: it reads the result of that check).
@@ -40,7 +41,9 @@
 //      int8_mm's uint8 input is shifted the same way;
 //   2. M <= 16: one kernel on tensor cores (mma.sync m16n8k32 s8, exact int32,
 //      8 warps splitting K, 16 columns per block, weights streamed once with
-//      16-byte loads) with the epilogue fused. at::_int_mm (cuBLASLt) refuses
+//      16-byte loads) with the epilogue fused; when N / 16 is small against the
+//      SM count, K is also split over blocks (split_k_count: exact int64
+//      partials, then the epilogue kernel adds them). at::_int_mm (cuBLASLt) refuses
 //      M <= 16. M > 16: at::_int_mm(codes, w.t()) (int32 [M, N16]), in chunks of
 //      65536 k summed in int64 when K16 > 65536, then an epilogue kernel;
 //   3. epilogue, in the CPU's float32 order (no FMA):
@@ -348,15 +351,38 @@ at::Tensor int_mm_exact(const at::Tensor& codes, const at::Tensor& w) {
   return acc;
 }
 
+// The epilogue over acc [M, ld_acc], or over `splits` split-K partials
+// acc + s * split_stride that it adds first.
 template <typename Acc, typename Epi>
-void launch_epilogue_typed(const Acc* acc, int64_t ld_acc, int64_t m, int64_t n, const Epi& epi) {
-  const bool vec_in = acc != nullptr && ld_acc % lk::kEpiCols == 0 && aligned16(acc);
+void launch_epilogue_typed(const Acc* acc, int64_t ld_acc, int64_t m, int64_t n, const Epi& epi,
+                           int64_t splits = 1, int64_t split_stride = 0) {
+  const bool vec_in = acc != nullptr && ld_acc % lk::kEpiCols == 0 && split_stride % lk::kEpiCols == 0 &&
+      aligned16(acc);
   const bool vec_out = n % lk::kEpiCols == 0 && aligned16(epi.out);
   const dim3 grid(static_cast<unsigned>(ceil_div(n, int64_t{lk::kEpiThreads} * lk::kEpiCols)),
                   static_cast<unsigned>(std::min(m, kMaxGridY)));
   lk::gemm_epilogue_kernel<Acc, Epi><<<grid, lk::kEpiThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
-      acc, ld_acc, m, n, vec_in, vec_out, epi);
+      acc, ld_acc, m, n, vec_in, vec_out, splits, split_stride, epi);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+// Split K for the small-M kernels. They give a block 16 (tensor cores) or 4
+// (float32) columns, so N = 256..1024 at M <= 16 launches only 16..64 blocks:
+// a quarter to a half of an H100's 132 SMs. When the grid has at most half as
+// many blocks as the GPU has SMs, K is split so that about two blocks per SM
+// run (at most kMaxSplitK splits, each at least max_splits-th of K: one warp
+// step per warp), each split writes its partial sums ([splits, M, N], int64 or
+// float32) and the epilogue kernel adds them in split order and applies the
+// epilogue. Integer partials are exact, so the int8 modes stay bit-identical to
+// the CPU; float32 partials (weight_only) change the summation order only.
+constexpr int64_t kMaxSplitK = 16;
+
+int64_t split_k_count(int64_t blocks, int64_t max_splits) {
+  const int64_t sms = at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
+  if (blocks * 2 > sms || max_splits < 2) {
+    return 1;
+  }
+  return std::max<int64_t>(1, std::min({ceil_div(2 * sms, blocks), max_splits, kMaxSplitK}));
 }
 
 // acc: int32 / int64 [M, >= N] (or undefined: zeros) for the int8 epilogues.
@@ -377,10 +403,24 @@ template <typename Epi>
 void int8_gemm(const Int8Scratch& sc, int64_t m, const at::Tensor& packed, const detail::CudaPackedSizes& s,
                int64_t n, const Epi& epi) {
   if (m <= kInt8SmallM) {
-    const dim3 grid(static_cast<unsigned>(s.n16 / lk::kMmaCols), static_cast<unsigned>(ceil_div(m, lk::kMmaRows)));
+    const int64_t col_blocks = s.n16 / lk::kMmaCols, row_blocks = ceil_div(m, lk::kMmaRows);
+    const int64_t nchunks = ceil_div(s.k16, lk::kMmaChunk);
+    int64_t splits = split_k_count(col_blocks * row_blocks, nchunks / lk::kMmaWarps);
+    const int64_t per_split = std::max<int64_t>(1, ceil_div(nchunks, splits));
+    splits = std::max<int64_t>(1, ceil_div(nchunks, per_split));  // no empty split
+    at::Tensor partial;
+    if (splits > 1) {
+      partial = at::empty({splits, m, n}, sc.buf.options().dtype(at::kLong));
+    }
+    const dim3 grid(static_cast<unsigned>(col_blocks), static_cast<unsigned>(row_blocks),
+                    static_cast<unsigned>(splits));
     lk::int8_mma_small_m_kernel<Epi><<<grid, lk::kMmaThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
-        sc.a8, m, packed_weights(packed, s), s.k16, n, epi);
+        sc.a8, m, packed_weights(packed, s), s.k16, n, epi, per_split,
+        splits > 1 ? partial.mutable_data_ptr<int64_t>() : nullptr);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
+    if (splits > 1) {
+      launch_epilogue_typed<int64_t>(partial.const_data_ptr<int64_t>(), n, m, n, epi, splits, m * n);
+    }
     return;
   }
   const at::Tensor acc = int_mm_exact(sc.codes, packed_weight_view(packed, s));
@@ -468,9 +508,24 @@ void linear_weight_only(const at::Tensor& x2, int64_t m, int64_t k, int64_t n, c
     const int64_t ldx = xs.stride(0);
     auto launch = [&](auto km) {
       constexpr int kM = decltype(km)::value;
-      const dim3 grid(static_cast<unsigned>(s.n16 / lk::kFmaCols), static_cast<unsigned>(ceil_div(m, kM)));
-      lk::weight_only_fma_kernel<kM><<<grid, lk::kFmaThreads, 0, stream>>>(xp, ldx, m, w, s.k16, n, epi);
+      const int64_t col_blocks = s.n16 / lk::kFmaCols, row_blocks = ceil_div(m, kM);
+      constexpr int64_t kStep = int64_t{lk::kFmaThreads} * 4;  // k of one block step
+      const int64_t steps = ceil_div(s.k16, kStep);
+      int64_t splits = split_k_count(col_blocks * row_blocks, steps);
+      const int64_t per_split = std::max<int64_t>(1, ceil_div(steps, splits)) * kStep;
+      splits = std::max<int64_t>(1, ceil_div(s.k16, per_split));
+      at::Tensor partial;
+      if (splits > 1) {
+        partial = at::empty({splits, m, n}, x2.options().dtype(at::kFloat));
+      }
+      const dim3 grid(static_cast<unsigned>(col_blocks), static_cast<unsigned>(row_blocks),
+                      static_cast<unsigned>(splits));
+      lk::weight_only_fma_kernel<kM><<<grid, lk::kFmaThreads, 0, stream>>>(
+          xp, ldx, m, w, s.k16, n, epi, per_split, splits > 1 ? partial.mutable_data_ptr<float>() : nullptr);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
+      if (splits > 1) {
+        launch_epilogue_typed<float>(partial.const_data_ptr<float>(), n, m, n, epi, splits, m * n);
+      }
     };
     if (m == 1) {
       launch(std::integral_constant<int, 1>{});
@@ -485,10 +540,24 @@ void linear_weight_only(const at::Tensor& x2, int64_t m, int64_t k, int64_t n, c
     }
   } else {
     const auto xs = padded_rows(x2, k, s.k16, 8);
-    const dim3 grid(static_cast<unsigned>(s.n16 / lk::kMmaCols), static_cast<unsigned>(ceil_div(m, lk::kMmaRows)));
-    lk::weight_only_mma_kernel<T><<<grid, lk::kMmaThreads, 0, stream>>>(xs.const_data_ptr<T>(), xs.stride(0), m, w,
-                                                                         s.k16, n, epi);
+    const int64_t col_blocks = s.n16 / lk::kMmaCols, row_blocks = ceil_div(m, lk::kMmaRows);
+    const int64_t nchunks = ceil_div(s.k16, lk::kMmaChunk);
+    int64_t splits = split_k_count(col_blocks * row_blocks, nchunks / lk::kMmaWarps);
+    const int64_t per_split = std::max<int64_t>(1, ceil_div(nchunks, splits));
+    splits = std::max<int64_t>(1, ceil_div(nchunks, per_split));
+    at::Tensor partial;
+    if (splits > 1) {
+      partial = at::empty({splits, m, n}, x2.options().dtype(at::kFloat));
+    }
+    const dim3 grid(static_cast<unsigned>(col_blocks), static_cast<unsigned>(row_blocks),
+                    static_cast<unsigned>(splits));
+    lk::weight_only_mma_kernel<T><<<grid, lk::kMmaThreads, 0, stream>>>(
+        xs.const_data_ptr<T>(), xs.stride(0), m, w, s.k16, n, epi, per_split,
+        splits > 1 ? partial.mutable_data_ptr<float>() : nullptr);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
+    if (splits > 1) {
+      launch_epilogue_typed<float>(partial.const_data_ptr<float>(), n, m, n, epi, splits, m * n);
+    }
   }
 }
 
@@ -523,7 +592,8 @@ at::Tensor int8_mm_cuda(const at::Tensor& input, const at::Tensor& packed, c10::
   lk::shift_uint8_kernel<<<static_cast<unsigned>(m), lk::kRowThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
       a.const_data_ptr<uint8_t>(), a.stride(0), k, s.k16, zp, zp_kind, zp_stride, sc.a8, sc.zx);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
-  const lk::MmEpilogue epi{out.mutable_data_ptr<int64_t>(), sc.zx, packed_rowsums(packed, s), n};
+  const lk::MmEpilogue epi{out.mutable_data_ptr<int64_t>(), sc.zx, packed_rowsums(packed, s),
+                           packed.const_data_ptr<uint8_t>(), n, k};
   int8_gemm(sc, m, packed, s, n, epi);
   return out;
 }

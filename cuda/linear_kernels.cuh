@@ -140,10 +140,10 @@ __device__ __forceinline__ V block_reduce(V v, Op op, V* smem) {
 }
 
 // The packed header names this layout and N x K. The per-call host checks only
-// compare the tensor size (no device read); the float-output kernels also read
-// the header (a few cached bytes) and give NaN when it does not describe the
+// compare the tensor size (no device read); every kernel that writes an output
+// also reads the header (a few cached bytes) and, when it does not describe the
 // N x K of the call (a weight packed for another shape of the same padded size,
-// or an overwritten header).
+// or an overwritten header), gives NaN (linear) or INT64_MIN (int8_mm) outputs.
 __device__ __forceinline__ bool header_matches(const uint8_t* packed, int64_t n, int64_t k) {
   const auto* h = reinterpret_cast<const q8::detail::PackedHeader*>(packed);
   return h->magic == q8::detail::kPackMagic && h->version == q8::detail::kPackVersion &&
@@ -441,17 +441,27 @@ struct LinearEpilogue {
   }
 };
 
-// int8_mm: out = sum_k (a - zp) * w as int64 (exact).
+// int8_mm's output when the packed header does not describe the call's N x K
+// (the integer counterpart of linear's NaN): INT64_MIN, which no true result
+// comes near (|sum_k (a - zp) * w| <= 2^31 * 127 * K < 2^62 for K < 2^24 and any
+// int32 zero point).
+constexpr int64_t kMmBadHeader = std::numeric_limits<int64_t>::min();
+
+// int8_mm: out = sum_k (a - zp) * w as int64 (exact), or kMmBadHeader.
 struct MmEpilogue {
   using acc_t = int64_t;
   using out_t = int64_t;
   int64_t* out;            // [M, N] contiguous
   const int32_t* zx;
   const int32_t* rowsum;
-  int64_t n;
+  const uint8_t* packed;   // the packed tensor (its header)
+  int64_t n, k;
 
-  __device__ __forceinline__ bool header_ok() const { return true; }
-  __device__ __forceinline__ int64_t value(int64_t row, int64_t col, int64_t acc, bool) const {
+  __device__ __forceinline__ bool header_ok() const { return header_matches(packed, n, k); }
+  __device__ __forceinline__ int64_t value(int64_t row, int64_t col, int64_t acc, bool ok) const {
+    if (!ok) {
+      return kMmBadHeader;
+    }
     return acc + static_cast<int64_t>(128 - zx[row]) * rowsum[col];
   }
   __device__ __forceinline__ void operator()(int64_t row, int64_t col, int64_t acc, bool ok) const {
@@ -507,14 +517,50 @@ __device__ __forceinline__ void store4(V* p, const V (&v)[4]) {
   }
 }
 
+// Four accumulators of one row (row points at the row's start), columns
+// col..col+3 (0 beyond n).
+template <typename Acc>
+__device__ __forceinline__ void load_acc4(const Acc* __restrict__ row, int64_t col, int64_t n, bool vec_in,
+                                          Acc (&a)[kEpiCols]) {
+  if (vec_in) {
+    const Acc* p = row + col;
+    if constexpr (sizeof(Acc) == 4) {
+      const int4 v = __ldcs(reinterpret_cast<const int4*>(p));
+      const int32_t bits[4] = {v.x, v.y, v.z, v.w};
+#pragma unroll
+      for (int j = 0; j < 4; ++j) {
+        if constexpr (std::is_same_v<Acc, float>) {
+          a[j] = __int_as_float(bits[j]);
+        } else {
+          a[j] = static_cast<Acc>(bits[j]);
+        }
+      }
+    } else {
+      const longlong2 v0 = __ldcs(reinterpret_cast<const longlong2*>(p));
+      const longlong2 v1 = __ldcs(reinterpret_cast<const longlong2*>(p) + 1);
+      a[0] = v0.x;
+      a[1] = v0.y;
+      a[2] = v1.x;
+      a[3] = v1.y;
+    }
+  } else {
+#pragma unroll
+    for (int j = 0; j < kEpiCols; ++j) {
+      a[j] = col + j < n ? row[col + j] : Acc(0);
+    }
+  }
+}
+
 // After a GEMM into acc [M, ld_acc] (int32, int64 or float; nullptr: K = 0, all
-// zeros): kEpiCols columns per thread, rows strided over gridDim.y.
-// vec_in: ld_acc % 4 == 0 and acc 16-byte aligned (vector loads); vec_out:
-// N % 4 == 0 and the output 16-byte aligned (vector stores).
+// zeros), or into `splits` split-K partials acc + s * split_stride (s = 0 ..
+// splits - 1, added in that order): kEpiCols columns per thread, rows strided
+// over gridDim.y. vec_in: ld_acc % 4 == 0, split_stride % 4 == 0 and acc 16-byte
+// aligned (vector loads); vec_out: N % 4 == 0 and the output 16-byte aligned
+// (vector stores).
 template <typename Acc, typename Epi>
 __global__ void __launch_bounds__(kEpiThreads)
     gemm_epilogue_kernel(const Acc* __restrict__ acc, int64_t ld_acc, int64_t m, int64_t n, bool vec_in,
-                         bool vec_out, Epi epi) {
+                         bool vec_out, int64_t splits, int64_t split_stride, Epi epi) {
   static_assert(kEpiCols == 4, "four columns per thread");
   using out_t = typename Epi::out_t;
   const int64_t col = (static_cast<int64_t>(blockIdx.x) * kEpiThreads + threadIdx.x) * kEpiCols;
@@ -529,32 +575,15 @@ __global__ void __launch_bounds__(kEpiThreads)
       for (int j = 0; j < kEpiCols; ++j) {
         a[j] = Acc(0);
       }
-    } else if (vec_in) {
-      const Acc* p = acc + row * ld_acc + col;
-      if constexpr (sizeof(Acc) == 4) {
-        const int4 v = __ldcs(reinterpret_cast<const int4*>(p));
-        const int32_t bits[4] = {v.x, v.y, v.z, v.w};
-#pragma unroll
-        for (int j = 0; j < 4; ++j) {
-          if constexpr (std::is_same_v<Acc, float>) {
-            a[j] = __int_as_float(bits[j]);
-          } else {
-            a[j] = static_cast<Acc>(bits[j]);
-          }
-        }
-      } else {
-        const longlong2 v0 = __ldcs(reinterpret_cast<const longlong2*>(p));
-        const longlong2 v1 = __ldcs(reinterpret_cast<const longlong2*>(p) + 1);
-        a[0] = v0.x;
-        a[1] = v0.y;
-        a[2] = v1.x;
-        a[3] = v1.y;
-      }
     } else {
-      const Acc* p = acc + row * ld_acc;
+      load_acc4(acc + row * ld_acc, col, n, vec_in, a);  // split 0 as is (keeps a -0.0f)
+    }
+    for (int64_t sp = 1; acc != nullptr && sp < splits; ++sp) {
+      Acc b[kEpiCols];
+      load_acc4(acc + sp * split_stride + row * ld_acc, col, n, vec_in, b);
 #pragma unroll
       for (int j = 0; j < kEpiCols; ++j) {
-        a[j] = col + j < n ? p[col + j] : Acc(0);
+        a[j] += b[j];
       }
     }
     out_t v[kEpiCols];
@@ -603,11 +632,13 @@ __device__ __forceinline__ void mma_s8(int32_t (&d)[4], uint32_t a0, uint32_t a1
 // Cross-warp reduction of the per-warp accumulators (kMmaWarps warps, kMmaTiles
 // x 4 values per lane), then the epilogue: thread (value v, lane l) sums v of
 // lane l over the warps. Rows row0 + g (+ 8), columns col0 + 8 j + 2 t (+ 1).
+// Split K (partial != nullptr): the sum goes to partial[blockIdx.z][row][col]
+// ([splits, M, N]) and gemm_epilogue_kernel adds the splits and runs the epilogue.
 static_assert(kMmaThreads == kMmaTiles * 4 * 32, "one thread per (value, lane) in the reduction");
 
 template <typename V, typename Epi, typename Acc>
 __device__ __forceinline__ void mma_reduce_and_store(const V (&tot)[kMmaTiles][4], int64_t row0, int64_t col0,
-                                                     int64_t m, int64_t n, const Epi& epi) {
+                                                     int64_t m, int64_t n, const Epi& epi, V* partial) {
   __shared__ V red[kMmaWarps][kMmaTiles * 4][32];
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
 #pragma unroll
@@ -629,16 +660,22 @@ __device__ __forceinline__ void mma_reduce_and_store(const V (&tot)[kMmaTiles][4
   const int64_t row = row0 + g + (e >= 2 ? 8 : 0);
   const int64_t col = col0 + 8 * j + 2 * t + (e & 1);
   if (row < m && col < n) {
-    epi(row, col, static_cast<Acc>(sum), epi.header_ok());
+    if (partial != nullptr) {
+      partial[(static_cast<int64_t>(blockIdx.z) * m + row) * n + col] = sum;
+    } else {
+      epi(row, col, static_cast<Acc>(sum), epi.header_ok());
+    }
   }
 }
 
-// a8: [M, K16] int8 codes; w: [N16, K16] int8. Block (bx, by): columns
-// [16 bx, 16 bx + 16) (always inside N16), rows [16 by, 16 by + 16).
+// a8: [M, K16] int8 codes; w: [N16, K16] int8. Block (bx, by, bz): columns
+// [16 bx, 16 bx + 16) (always inside N16), rows [16 by, 16 by + 16), k chunks
+// [bz * chunks_per_split, (bz + 1) * chunks_per_split) (split K, with partial;
+// one split covers every chunk without).
 template <typename Epi>
 __global__ void __launch_bounds__(kMmaThreads)
     int8_mma_small_m_kernel(const int8_t* __restrict__ a8, int64_t m, const int8_t* __restrict__ w, int64_t k16,
-                            int64_t n, Epi epi) {
+                            int64_t n, Epi epi, int64_t chunks_per_split, int64_t* __restrict__ partial) {
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int g = lane >> 2, t = lane & 3;
   const int64_t col0 = static_cast<int64_t>(blockIdx.x) * kMmaCols;
@@ -653,9 +690,11 @@ __global__ void __launch_bounds__(kMmaThreads)
   }
   int64_t tot[kMmaTiles][4] = {};
   const int64_t nchunks = (k16 + kMmaChunk - 1) / kMmaChunk;
+  const int64_t cbegin = static_cast<int64_t>(blockIdx.z) * chunks_per_split;
+  const int64_t cend = cbegin + chunks_per_split < nchunks ? cbegin + chunks_per_split : nchunks;
   constexpr int64_t kChunksPerInt32 = kIntChunk / kMmaChunk;
-  for (int64_t c0 = 0; c0 < nchunks; c0 += kChunksPerInt32) {
-    const int64_t c1 = c0 + kChunksPerInt32 < nchunks ? c0 + kChunksPerInt32 : nchunks;
+  for (int64_t c0 = cbegin; c0 < cend; c0 += kChunksPerInt32) {
+    const int64_t c1 = c0 + kChunksPerInt32 < cend ? c0 + kChunksPerInt32 : cend;
     // This warp's part of at most 65536 k: |sum| <= 2^30, exact in int32.
     int32_t acc[kMmaTiles][4] = {};
 #pragma unroll 4
@@ -688,7 +727,7 @@ __global__ void __launch_bounds__(kMmaThreads)
       }
     }
   }
-  mma_reduce_and_store<int64_t, Epi, int64_t>(tot, row0, col0, m, n, epi);
+  mma_reduce_and_store<int64_t, Epi, int64_t>(tot, row0, col0, m, n, epi, partial);
 }
 
 // ---------------------------------------------------------------------------
@@ -756,11 +795,13 @@ __device__ __forceinline__ void int8x4_to_16bit(uint32_t word, uint32_t& lo, uin
 }
 
 // x: [M, >= K16] 16-bit rows (row stride ldx % 8 == 0, 16-byte aligned, zero
-// beyond K up to K16); w: [N16, K16] int8.
+// beyond K up to K16); w: [N16, K16] int8. Split K over blockIdx.z as in
+// int8_mma_small_m_kernel (float32 partials).
 template <typename T>
 __global__ void __launch_bounds__(kMmaThreads)
     weight_only_mma_kernel(const T* __restrict__ x, int64_t ldx, int64_t m, const int8_t* __restrict__ w,
-                           int64_t k16, int64_t n, WeightOnlyEpilogue<T> epi) {
+                           int64_t k16, int64_t n, WeightOnlyEpilogue<T> epi, int64_t chunks_per_split,
+                           float* __restrict__ partial) {
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int g = lane >> 2, t = lane & 3;
   const int64_t col0 = static_cast<int64_t>(blockIdx.x) * kMmaCols;
@@ -775,8 +816,10 @@ __global__ void __launch_bounds__(kMmaThreads)
   }
   float acc[kMmaTiles][4] = {};
   const int64_t nchunks = (k16 + kMmaChunk - 1) / kMmaChunk;
+  const int64_t cbegin = static_cast<int64_t>(blockIdx.z) * chunks_per_split;
+  const int64_t cend = cbegin + chunks_per_split < nchunks ? cbegin + chunks_per_split : nchunks;
 #pragma unroll 2
-  for (int64_t c = warp; c < nchunks; c += kMmaWarps) {
+  for (int64_t c = cbegin + warp; c < cend; c += kMmaWarps) {
     const int64_t kk = c * kMmaChunk + t * 16;
     const bool kin = kk < k16;
     int4 l0 = zero_int4(), l1 = zero_int4(), h0 = zero_int4(), h1 = zero_int4();
@@ -811,26 +854,30 @@ __global__ void __launch_bounds__(kMmaThreads)
       }
     }
   }
-  mma_reduce_and_store<float, WeightOnlyEpilogue<T>, float>(acc, row0, col0, m, n, epi);
+  mma_reduce_and_store<float, WeightOnlyEpilogue<T>, float>(acc, row0, col0, m, n, epi, partial);
 }
 
 // ---------------------------------------------------------------------------
 // Small M, weight_only, float32 activations: CUDA-core float32 (no TF32)
 // ---------------------------------------------------------------------------
-// Block (bx, by): columns [4 bx, 4 bx + 4) (inside N16), rows [kM by, kM by + kM).
-// Threads stride over K by 4 (4 weight bytes per column, one float4 per row:
-// coalesced), then a block reduction. x: [M, >= K16] float32, ldx % 4 == 0,
-// 16-byte aligned, zero beyond K.
+// Block (bx, by, bz): columns [4 bx, 4 bx + 4) (inside N16), rows [kM by, kM by
+// + kM), k [bz * k_per_split, (bz + 1) * k_per_split) (k_per_split a multiple of
+// 4; split K with float32 partials [splits, M, N] as above). Threads stride over
+// K by 4 (4 weight bytes per column, one float4 per row: coalesced), then a block
+// reduction. x: [M, >= K16] float32, ldx % 4 == 0, 16-byte aligned, zero beyond K.
 template <int kM>
 __global__ void __launch_bounds__(kFmaThreads)
     weight_only_fma_kernel(const float* __restrict__ x, int64_t ldx, int64_t m, const int8_t* __restrict__ w,
-                           int64_t k16, int64_t n, WeightOnlyEpilogue<float> epi) {
+                           int64_t k16, int64_t n, WeightOnlyEpilogue<float> epi, int64_t k_per_split,
+                           float* __restrict__ partial) {
   constexpr int kVals = kM * kFmaCols;
   __shared__ float red[kFmaThreads / 32][kVals];
   const int64_t col0 = static_cast<int64_t>(blockIdx.x) * kFmaCols;
   const int64_t row0 = static_cast<int64_t>(blockIdx.y) * kM;
   float acc[kM][kFmaCols] = {};
-  for (int64_t kk = static_cast<int64_t>(threadIdx.x) * 4; kk < k16; kk += kFmaThreads * 4) {
+  const int64_t kbegin = static_cast<int64_t>(blockIdx.z) * k_per_split;
+  const int64_t kend = kbegin + k_per_split < k16 ? kbegin + k_per_split : k16;
+  for (int64_t kk = kbegin + static_cast<int64_t>(threadIdx.x) * 4; kk < kend; kk += kFmaThreads * 4) {
     float wf[kFmaCols][4];
 #pragma unroll
     for (int c = 0; c < kFmaCols; ++c) {
@@ -876,7 +923,11 @@ __global__ void __launch_bounds__(kFmaThreads)
     const int64_t row = row0 + threadIdx.x / kFmaCols;
     const int64_t col = col0 + threadIdx.x % kFmaCols;
     if (row < m && col < n) {
-      epi(row, col, v, epi.header_ok());
+      if (partial != nullptr) {
+        partial[(static_cast<int64_t>(blockIdx.z) * m + row) * n + col] = v;
+      } else {
+        epi(row, col, v, epi.header_ok());
+      }
     }
   }
 }

@@ -62,6 +62,20 @@ def main():
         else:
             for a, b, w in zip((xs.grad, ss.grad, zs.grad), ref, ("dx", "dscale", "dzero_point")):
                 ok &= close(a, b, f"learnable backward {w}", rtol=1e-4, atol=1e-2)
+    # LSQ backward per channel: the "runs" kernel (axis 0) and the "columns" kernel (last axis,
+    # channels_last), with an expanded-scalar grad (as from out.sum()).
+    for axis, xs in ((0, x.nan_to_num()), (1, x.nan_to_num()),
+                     (1, x.nan_to_num()[:36].reshape(4, 9, 131).unsqueeze(-1)
+                      .contiguous(memory_format=torch.channels_last).squeeze(-1))):
+        c = xs.shape[axis]
+        sp, zp = torch.rand(c) * 0.1 + 0.01, torch.randn(c)
+        for g in (torch.randn(xs.shape), torch.ones(()).expand(xs.shape)):
+            r_cpu = torch.ops.q8._fake_quantize_learnable_backward(g, xs, sp, zp, axis, -128, 127)
+            r_gpu = torch.ops.q8._fake_quantize_learnable_backward(g.to(d), xs.to(d), sp.to(d), zp.to(d), axis,
+                                                                  -128, 127)
+            ok &= same(r_gpu[0], r_cpu[0], f"learnable backward per channel dx axis={axis}")
+            ok &= close(r_gpu[1], r_cpu[1], f"learnable backward per channel dscale axis={axis}", atol=1e-2)
+            ok &= close(r_gpu[2], r_cpu[2], f"learnable backward per channel dzero_point axis={axis}", atol=1e-2)
     # Observer + fake quantization (state updated in place on both devices).
     for axis in (None, 1):
         c = 1 if axis is None else 131
@@ -87,6 +101,7 @@ def main():
             on = torch.tensor(1, device=dev)
             for step in range(3):
                 q8.histogram_observe(x.to(dev) * (1 + step) - step, on, *st)
+            q8.histogram_observe(x.to(dev).relu(), on, *st)  # a hot bin: half the values are 0
             q8.histogram_observe(x.to(dev).half(), on, *st, torch.tensor([-60.0, 70.0], device=dev))
             qp = [q8.histogram_qparams(*st, p, qmin, qmax, sym) for p, qmin, qmax, sym in
                   ((100.0, 0, 255, False), (99.9, 0, 255, False), (99.0, -128, 127, True))]
@@ -104,6 +119,21 @@ def main():
     packed, packed_d = q8.pack_weight(w8), q8.pack_weight(w8d)
     ok &= same(q8.unpack_weight(packed_d, 70, 131), w8, "unpack_weight")
     bias = torch.randn(70)
+    # N = 70 (5 blocks of 16 columns) and M <= 16: the small-M kernels split K on any GPU with 10+ SMs.
+    w_long = torch.randn(70, 3000)
+    w8l, wsl = q8.quantize_weight(w_long)
+    pl, pld = q8.pack_weight(w8l), q8.pack_weight(w8l.to(d))
+    for m in (1, 16):
+        xm = torch.randn(m, 3000)
+        ok &= same(q8.linear(xm.to(d), pld, wsl.to(d), bias.to(d)), q8.linear(xm, pl, wsl, bias),
+                   f"linear dyn split-K M={m}")
+        ok &= close(q8.linear(xm.to(d), pld, wsl.to(d), bias.to(d), "weight_only"),
+                    q8.linear(xm, pl, wsl, bias, "weight_only"), f"linear weight_only split-K M={m}", atol=1e-3)
+        ok &= close(q8.linear(xm.to(d).half(), pld, wsl.to(d), bias.to(d), "weight_only"),
+                    q8.linear(xm.half(), pl, wsl, bias, "weight_only"), f"linear weight_only fp16 split-K M={m}",
+                    rtol=2e-2, atol=5e-2)
+        a = torch.randint(0, 256, (m, 3000), dtype=torch.uint8)
+        ok &= same(q8.int8_mm(a.to(d), pld, 70), q8.int8_mm(a, pl, 70), f"int8_mm split-K M={m}")
     for m in (1, 5, 16, 17, 40):
         xm = torch.randn(m, 131) * 2
         ok &= same(q8.linear(xm.to(d), packed_d, wsd, bias.to(d)), q8.linear(xm, packed, ws, bias), f"linear dyn M={m}")

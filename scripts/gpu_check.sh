@@ -4,12 +4,14 @@
 # one command:
 #   1. build libq8 with its CUDA kernels for this GPU's architecture;
 #   2. run every CUDA test (pytest -k cuda);
-#   3. run compute-sanitizer memcheck on a smoke run of every op (scripts/cuda_smoke.py);
+#   3. run compute-sanitizer on a smoke run of every op (scripts/cuda_smoke.py): memcheck
+#      (out-of-bounds / misaligned accesses), racecheck (shared-memory data races) and
+#      synccheck (__syncthreads / warp-sync misuse);
 #   4. run the CUDA benchmarks (fake quantization, int8 linear).
 # Logs and tables go to $OUT (default build/gpu-check); a summary ends the output.
 # It keeps going after a failed step and exits non-zero if any step failed.
 #
-#   bash scripts/gpu_check.sh            # about 5-8 minutes on an H100/H200 with 16 cores
+#   bash scripts/gpu_check.sh            # about 7-12 minutes on an H100/H200 with 16 cores
 #   Q8_GPU_CHECK_QUICK=1 bash scripts/gpu_check.sh   # benchmarks in --quick mode
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -70,6 +72,20 @@ else
   record memcheck FAILED
 fi
 tail -15 "$OUT/memcheck.log"
+
+# racecheck and synccheck look at shared memory and barriers only (global-memory
+# races such as a stride-0 state tensor are not theirs to find); racecheck is the
+# slowest of the tools, hence the longer limit.
+for tool in racecheck synccheck; do
+  echo "=== compute-sanitizer $tool ($(elapsed))"
+  if timeout 300 compute-sanitizer --tool "$tool" --error-exitcode 1 "$PY" scripts/cuda_smoke.py \
+       >"$OUT/$tool.log" 2>&1; then
+    record "$tool" ok
+  else
+    record "$tool" FAILED
+  fi
+  tail -15 "$OUT/$tool.log"
+done
 
 echo "=== benchmarks ($(elapsed))"
 QUICK=()

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds q8 against another torch release in a venv of its own and runs the
-# Python tests with it. scripts/test.sh calls it for torch 2.11.0, 2.12.0 and
-# 2.14.1. Those wheels are CUDA builds: with nvcc present, the CUDA sources in
+# Python tests with it (pytest-xdist on all cores: scripts/run_pytest.py).
+# scripts/test.sh --matrix calls it for torch 2.11.0, 2.12.0 and 2.14.1. Those wheels are CUDA builds: with nvcc present, the CUDA sources in
 # cuda/ compile and link here too, though nothing runs on a GPU.
 #
 #   bash scripts/test_torch.sh 2.14.1
@@ -19,4 +19,4 @@ Q8_BUILD_DIR="build/torch-$version" Q8_BUILD_TESTS=ON MAX_JOBS="${MAX_JOBS:-$(np
 cmake --build "build/torch-$version" --target q8_jit_run -j "${MAX_JOBS:-$(nproc)}" >/dev/null
 export Q8_JIT_RUN="$PWD/build/torch-$version/q8_jit_run"
 "$venv/bin/python" -c "import torch, q8; print('q8 built for torch', torch.__version__, '| CUDA kernels:', torch._C._dispatch_has_kernel_for_dispatch_key('q8::fake_quantize_per_tensor', 'CUDA'))"
-"$venv/bin/python" -m pytest tests/python -q -p no:cacheprovider
+"$venv/bin/python" scripts/run_pytest.py tests/python

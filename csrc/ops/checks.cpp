@@ -395,6 +395,12 @@ void check_state(const char* op, const at::Tensor& input, const at::Tensor& t, c
     TORCH_CHECK(t.dim() == 1 && t.sym_size(0) == channels, "q8.", op, ": ", name,
                 " must be 1-D with input.size(axis) = ", channels, " elements (axis ", *axis, "), got shape ",
                 t.sym_sizes());
+    // The op writes one element per channel: an expanded view (stride 0, e.g.
+    // torch.full((1,), inf).expand(C)) would have every channel update the same
+    // word (a data race on CUDA, the last channel wins on the CPU).
+    TORCH_CHECK(t.sym_size(0) <= 1 || t.sym_stride(0) != 0, "q8.", op, ": ", name,
+                " must have its own element for every channel, got an expanded view (stride 0) of shape ",
+                t.sym_sizes(), ": pass a tensor with storage per channel (e.g. .clone() the expanded one)");
   }
 }
 

@@ -143,7 +143,8 @@ namespace q8::detail {
 // bool, integer or floating-point tensors; averaging_constant in (0, 1]; the
 // quantization range; axis; running_min / running_max / scale float32 and
 // zero_point int32, each with one element (per tensor) or 1-D with
-// input.size(axis) elements (per channel); everything on input's device.
+// input.size(axis) elements (per channel; not an expanded stride-0 view, whose
+// channels would all update one element); everything on input's device.
 // Returns the wrapped axis (nullopt per tensor).
 std::optional<int64_t> check_observe_fake_quantize_args(
     const char* op,

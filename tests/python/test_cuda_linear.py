@@ -293,6 +293,31 @@ def test_linear_weight_only_close(dtype, m, k, n):
 
 
 # ---------------------------------------------------------------------------
+# Split K: the small-M kernels split K over blocks when N / 16 is small against
+# the SM count (N = 256 at M = 1 is 16 blocks: split on every GPU with 32+ SMs)
+# ---------------------------------------------------------------------------
+@pytest.mark.parametrize("m", [1, 7, 16])
+@pytest.mark.parametrize("k,n", [(4096, 256), (2000, 70), (70000, 16)])
+def test_split_k_small_n(m, k, n):
+    w8, ws, pc, pd = make_weight(n, k)
+    x = torch.randn(m, k)
+    bias = torch.randn(n)
+    # int8 modes and int8_mm: exact partials, bit-identical to the CPU.
+    assert_same(q8.linear(x.to(DEV), pd, ws.to(DEV), bias.to(DEV)).cpu(), q8.linear(x, pc, ws, bias))
+    a = torch.randint(0, 256, (m, k), dtype=torch.uint8)
+    zp = torch.randint(0, 256, (m,), dtype=torch.int32)
+    assert_same(q8.int8_mm(a.to(DEV), pd, n, zp.to(DEV)).cpu(), q8.int8_mm(a, pc, n, zp))
+    # weight_only: float32 partials, within the float32 tolerance, deterministic
+    # (K = 70000 is for the int32 chunks of the int8 kernel; the float bound is for K <= 4096).
+    for dtype in DTYPES if k <= 4096 else []:
+        xd = x.to(dtype)
+        y = q8.linear(xd.to(DEV), pd, ws.to(DEV), bias.to(DEV), "weight_only")
+        ref, tol = weight_only_tol(xd, w8, ws, bias, dtype)
+        assert ((y.cpu().double() - ref).abs() <= tol).all(), dtype
+        assert_same(q8.linear(xd.to(DEV), pd, ws.to(DEV), bias.to(DEV), "weight_only"), y)
+
+
+# ---------------------------------------------------------------------------
 # Packed weights on the wrong device, tampered, or for another shape
 # ---------------------------------------------------------------------------
 def test_cpu_packed_weight_on_cuda_says_repack():

@@ -442,6 +442,31 @@ ERRORS = [
 ]
 
 
+@pytest.mark.parametrize("name", ["running_min", "running_max", "scale", "zero_point"])
+def test_expanded_per_channel_state_is_refused(device, name):
+    """A stride-0 per-channel state (an expanded one-element tensor) would have every channel update one
+    element (a race on CUDA): refused on every device, before anything is written. One channel may be stride 0."""
+    x = torch.randn(4, 6, device=device)
+    st = new_state(6, device)
+    one = st[name][:1].clone()
+    st[name] = one.expand(6)
+    before = clone_state(st)
+    with pytest.raises(RuntimeError, match=rf"q8.observe_fake_quantize: {name} must have its own element for every "
+                                           r"channel, got an expanded view \(stride 0\) of shape \[6\]"):
+        q8_step(x, 1, 1, st, 0.1, 0, 255, 1)
+    assert_state(st, before)
+    # The meta (fake) kernel refuses it too.
+    st_meta = {k: (v.to("meta") if k != name else torch.empty(1, dtype=v.dtype, device="meta").expand(6))
+               for k, v in new_state(6).items()}
+    with pytest.raises(RuntimeError, match=f"{name} must have its own element for every channel"):
+        q8_step(torch.randn(4, 6, device="meta"), 1, 1, st_meta, 0.1, 0, 255, 1)
+    # A single channel may be a stride-0 view (one element, no aliasing).
+    st1 = new_state(1, device)
+    st1[name] = st1[name][:1].clone().expand(1).as_strided((1,), (0,))
+    out, _ = q8_step(x[:, :1], 1, 1, st1, 0.1, 0, 255, 1)
+    assert out.shape == (4, 1)
+
+
 @pytest.mark.parametrize("call,pattern", ERRORS)
 def test_bad_arguments_raise_clear_errors(call, pattern):
     with pytest.raises(RuntimeError, match=pattern):
