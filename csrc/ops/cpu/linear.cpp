@@ -398,7 +398,7 @@ at::Tensor linear_int8(const at::Tensor& x2, const PackedView& w, const float* s
 }
 
 // ---------------------------------------------------------------------------
-// Dequantized weight blocks (weight_only with many rows, linear_grad_input)
+// Dequantized weight blocks (linear_grad_input)
 // ---------------------------------------------------------------------------
 // weight_scale padded with zeros to whole panels, so that dequant_panels may read
 // 16 scales per panel.
@@ -408,16 +408,6 @@ std::vector<float> padded_scales(const PackedView& w, const float* sw) {
   return s;
 }
 
-// A float buffer per thread, grown to the largest block seen and kept: a fresh
-// allocation of megabytes per call would pay page faults on every call.
-float* thread_buffer(int64_t elements) {
-  static thread_local std::vector<float> buf;
-  if (static_cast<int64_t>(buf.size()) < elements) {
-    buf.assign(elements, 0.f);
-  }
-  return buf.data();
-}
-
 // Panels of weight rows per dequantized block: about `bytes` of float32, at
 // least one panel.
 int64_t block_panels(const PackedView& w, int64_t bytes) {
@@ -425,60 +415,12 @@ int64_t block_panels(const PackedView& w, int64_t bytes) {
   return std::max<int64_t>(1, std::min<int64_t>(w.panels, bytes / std::max<int64_t>(panel_bytes, 1)));
 }
 
-// weight_only for many rows: blocks of output channels are dequantized (scale
-// folded in) into a per-thread float buffer and multiplied by BLAS:
-//   y[:, block] = x . dequant(w[block])^T (+ bias),
-// one block per task; inside the parallel region BLAS (ATen's mm_out on strided
-// views, no copies) runs on one thread. The
-// conversion costs N * K per call against M * N * K multiply-adds, so from
-// kWeightOnlyBlasRows rows on this runs at fp32 F.linear's speed.
-constexpr int64_t kWeightOnlyBlasRows = 16;
-
-at::Tensor linear_weight_only_blas(const at::Tensor& x2, const PackedView& w, const float* sw, const float* bias) {
-  const auto& kern = gemm_kernels();
-  const int64_t m = x2.size(0), k = x2.size(1), n = w.header.n;
-  auto y = at::empty({m, n}, x2.options().dtype(at::kFloat));
-  if (m == 0 || n == 0) {
-    return y;
-  }
-  TORCH_INTERNAL_ASSERT(x2.is_contiguous());
-  const at::Tensor bt =
-      bias != nullptr ? at::from_blob(const_cast<float*>(bias), {n}, x2.options()) : at::Tensor();
-  const auto scales = padded_scales(w, sw);
-  const int64_t ldd = w.groups * gemm::kGroup;
-  // Blocks of about 1 MiB of float weights, at least 2 per thread when N allows.
-  int64_t bp = block_panels(w, int64_t{1} << 20);
-  const int64_t threads = at::get_num_threads();
-  while (bp > 1 && ceil_div(w.panels, bp) < 2 * threads) {
-    bp = ceil_div(bp, 2);
-  }
-  const int64_t nblocks = ceil_div(w.panels, bp);
-  at::parallel_for(0, nblocks, 1, [&](int64_t begin, int64_t end) {
-    float* buf = thread_buffer(bp * gemm::kPanel * ldd);
-    for (int64_t blk = begin; blk < end; ++blk) {
-      const int64_t p0 = blk * bp;
-      const int np = static_cast<int>(std::min<int64_t>(bp, w.panels - p0));
-      const int64_t col0 = p0 * gemm::kPanel;
-      const int64_t ncols = std::min<int64_t>(np * gemm::kPanel, n - col0);
-      kern.dequant_panels(w.weights + p0 * w.panel_stride, w.panel_stride, w.groups, np, scales.data() + col0, buf,
-                          ldd);
-      // y[:, block] = bias[block] + x . dequant^T, written in place (a strided view).
-      const auto wt = at::from_blob(buf, {ncols, k}, {ldd, 1}, x2.options());
-      auto yv = y.narrow(1, col0, ncols);
-      if (bias != nullptr) {
-        at::addmm_out(yv, bt.narrow(0, col0, ncols), x2, wt.t());
-      } else {
-        at::mm_out(yv, x2, wt.t());
-      }
-    }
-  });
-  return y;
-}
-
-// weight_only for few rows (M < kWeightOnlyBlasRows): the int8 weights are read
-// once and converted to float inside the tile kernel (f32_tile), which moves a
-// quarter of fp32's bytes; memory-bound shapes run about 2x faster than fp32.
-at::Tensor linear_weight_only_tiles(const at::Tensor& x2, const PackedView& w, const float* sw, const float* bias) {
+// weight_only: the int8 weights are converted to float inside the tile kernel
+// (f32_tile), which moves a quarter of fp32's bytes; memory-bound shapes run about
+// 2x faster than fp32. (A path that dequantizes blocks of 256 output channels into
+// a per-thread buffer and calls BLAS per block was measured slower than this one
+// at every M from 1 to 512 on the 2-core dev machine; see docs/training.md.)
+at::Tensor linear_weight_only(const at::Tensor& x2, const PackedView& w, const float* sw, const float* bias) {
   const auto& kern = gemm_kernels();
   const int64_t m = x2.size(0), k = x2.size(1), n = w.header.n;
   const int64_t groups = w.groups;
@@ -530,11 +472,6 @@ at::Tensor linear_weight_only_tiles(const at::Tensor& x2, const PackedView& w, c
     }
   });
   return y;
-}
-
-at::Tensor linear_weight_only(const at::Tensor& x2, const PackedView& w, const float* sw, const float* bias) {
-  return x2.size(0) >= kWeightOnlyBlasRows ? linear_weight_only_blas(x2, w, sw, bias)
-                                           : linear_weight_only_tiles(x2, w, sw, bias);
 }
 
 // grad_input[M, K] = grad_output[M, N] . dequant(w)[N, K], summed over blocks of
