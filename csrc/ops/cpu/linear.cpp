@@ -408,11 +408,14 @@ std::vector<float> padded_scales(const PackedView& w, const float* sw) {
   return s;
 }
 
-// Panels of weight rows per dequantized block: about `bytes` of float32, at
-// least one panel.
-int64_t block_panels(const PackedView& w, int64_t bytes) {
-  const int64_t panel_bytes = gemm::kPanel * w.groups * gemm::kGroup * static_cast<int64_t>(sizeof(float));
-  return std::max<int64_t>(1, std::min<int64_t>(w.panels, bytes / std::max<int64_t>(panel_bytes, 1)));
+// A float buffer per thread, grown to the largest block seen and kept (a fresh
+// allocation per call would pay page faults).
+float* thread_buffer(int64_t elements) {
+  static thread_local std::vector<float> buf;
+  if (static_cast<int64_t>(buf.size()) < elements) {
+    buf.assign(elements, 0.f);
+  }
+  return buf.data();
 }
 
 // weight_only: the int8 weights are converted to float inside the tile kernel
@@ -474,9 +477,9 @@ at::Tensor linear_weight_only(const at::Tensor& x2, const PackedView& w, const f
   return y;
 }
 
-// grad_input[M, K] = grad_output[M, N] . dequant(w)[N, K], summed over blocks of
-// output channels: each block is dequantized in parallel into one buffer, then
-// one (multi-threaded) BLAS call adds its product.
+// grad_input[M, K] = grad_output[M, N] . dequant(w)[N, K]: each task takes a range
+// of k, dequantizes blocks of output channels (about 1 MiB of float32) into its
+// buffer and adds each block's product with BLAS.
 at::Tensor linear_grad_input_cpu(const at::Tensor& grad_output, const at::Tensor& packed,
                                  const at::Tensor& weight_scale, c10::SymInt in_features) {
   const char* op = "linear_grad_input";
@@ -497,21 +500,35 @@ at::Tensor linear_grad_input_cpu(const at::Tensor& grad_output, const at::Tensor
     const auto go = grad_output.reshape({m, n}).to(at::kFloat).contiguous();
     const auto sw = weight_scale.contiguous();
     const auto scales = padded_scales(w, sw.const_data_ptr<float>());
-    const int64_t ldd = w.groups * gemm::kGroup;
-    const int64_t bp = block_panels(w, int64_t{4} << 20);
-    auto buf = at::empty({bp * gemm::kPanel * ldd}, gi.options());
-    float* bufp = buf.mutable_data_ptr<float>();
-    for (int64_t p0 = 0; p0 < w.panels; p0 += bp) {
-      const int64_t np = std::min<int64_t>(bp, w.panels - p0);
-      const int64_t col0 = p0 * gemm::kPanel;
-      const int64_t ncols = std::min<int64_t>(np * gemm::kPanel, n - col0);
-      at::parallel_for(0, np, 1, [&](int64_t begin, int64_t end) {
-        kern.dequant_panels(w.weights + (p0 + begin) * w.panel_stride, w.panel_stride, w.groups,
-                            static_cast<int>(end - begin), scales.data() + col0 + begin * gemm::kPanel,
-                            bufp + begin * gemm::kPanel * ldd, ldd);
-      });
-      gi.addmm_(go.narrow(1, col0, ncols), at::from_blob(bufp, {ncols, k}, {ldd, 1}, gi.options()));
-    }
+    // One task per range of k (at least 64 groups): a task owns its columns of
+    // grad_input, so there is one parallel region and no reduction; inside it BLAS
+    // runs on one thread.
+    const int64_t threads = at::get_num_threads();
+    const int64_t gpt = std::max<int64_t>(64, ceil_div(w.groups, 4 * threads));
+    const int64_t ntasks = ceil_div(w.groups, gpt);
+    at::parallel_for(0, ntasks, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t task = begin; task < end; ++task) {
+        const int64_t g0 = task * gpt, g1 = std::min(w.groups, g0 + gpt);
+        const int64_t k0 = g0 * gemm::kGroup, kw = std::min(k, g1 * gemm::kGroup) - k0;
+        if (kw <= 0) {
+          continue;
+        }
+        // Row stride: rounded up to 16 floats plus 16, so that the 16 rows a panel
+        // writes at once do not map to one L1 set (power-of-two strides).
+        const int64_t ldd = ceil_div((g1 - g0) * gemm::kGroup, 16) * 16 + 16;
+        const int64_t bp = std::max<int64_t>(1, (int64_t{1} << 20) / (gemm::kPanel * ldd * 4));
+        float* buf = thread_buffer(bp * gemm::kPanel * ldd);
+        auto gi_cols = gi.narrow(1, k0, kw);
+        for (int64_t p0 = 0; p0 < w.panels; p0 += bp) {
+          const int64_t np = std::min<int64_t>(bp, w.panels - p0);
+          const int64_t col0 = p0 * gemm::kPanel;
+          const int64_t ncols = std::min<int64_t>(np * gemm::kPanel, n - col0);
+          kern.dequant_panels(w.weights + p0 * w.panel_stride + g0 * gemm::kGroupBytes, w.panel_stride, g1 - g0,
+                              static_cast<int>(np), scales.data() + col0, buf, ldd);
+          gi_cols.addmm_(go.narrow(1, col0, ncols), at::from_blob(buf, {ncols, kw}, {ldd, 1}, gi.options()));
+        }
+      }
+    });
   }
   auto out = gi.view(sizes);
   return grad_output.scalar_type() == at::kFloat ? out : out.to(grad_output.scalar_type());
