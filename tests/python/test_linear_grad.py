@@ -278,3 +278,20 @@ def test_lora_example_quick():
                          capture_output=True, text=True, env=env, timeout=120)
     assert out.returncode == 0, out.stderr
     assert "int8 base unchanged: True" in out.stdout
+
+
+def test_grad_input_is_identical_on_every_isa():
+    """dequant_panels is one IEEE multiply per weight on every ISA family, so the gradients agree exactly."""
+    w8, ws, packed = make_weight(70, 301)
+    g = torch.randn(9, 70)
+    best = q8.cpu_isa()
+    outs = {}
+    try:
+        for isa in q8.cpu_isas():
+            q8.set_cpu_isa(isa)
+            outs[isa] = torch.ops.q8.linear_grad_input(g, packed, ws, 301)
+    finally:
+        q8.set_cpu_isa(best)
+    ref = outs[best]
+    for isa, out in outs.items():
+        assert torch.equal(out, ref), isa
