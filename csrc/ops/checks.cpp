@@ -349,6 +349,27 @@ LinearMode check_linear_args(const char* op, const at::Tensor& input, const at::
   return mode;
 }
 
+void check_linear_grad_input_args(const char* op, const at::Tensor& grad_output, const at::Tensor& packed_weight,
+                                  const at::Tensor& weight_scale, const c10::SymInt& in_features) {
+  TORCH_CHECK(grad_output.defined(), "q8.", op, ": grad_output must be a defined tensor");
+  const auto dt = grad_output.scalar_type();
+  TORCH_CHECK(dt == at::kFloat || dt == at::kHalf || dt == at::kBFloat16,
+              "q8.", op, ": grad_output must be float32, float16 or bfloat16, got ", dt);
+  TORCH_CHECK(grad_output.dim() >= 1,
+              "q8.", op, ": grad_output must have at least 1 dimension [..., out_features], got a 0-dim tensor");
+  check_packed_container(op, packed_weight);
+  check_same_device(op, grad_output, "grad_output", packed_weight, "packed_weight");
+  TORCH_CHECK(weight_scale.defined(), "q8.", op, ": weight_scale must be a defined tensor");
+  TORCH_CHECK(weight_scale.scalar_type() == at::kFloat && weight_scale.dim() == 1,
+              "q8.", op, ": weight_scale must be a 1-D float32 tensor [out_features], got ",
+              weight_scale.scalar_type(), " of shape ", weight_scale.sym_sizes());
+  check_same_device(op, grad_output, "grad_output", weight_scale, "weight_scale");
+  TORCH_CHECK(grad_output.sym_size(-1) == weight_scale.sym_size(0),
+              "q8.", op, ": grad_output.size(-1) must be out_features = weight_scale.size(0) = ",
+              weight_scale.sym_size(0), ", got ", grad_output.sym_size(-1));
+  TORCH_CHECK(in_features >= 0, "q8.", op, ": in_features must be >= 0, got ", in_features);
+}
+
 } // namespace q8::detail
 
 namespace q8::detail {

@@ -135,6 +135,12 @@ LinearMode check_linear_args(const char* op, const at::Tensor& input, const at::
                              c10::string_view activation, const std::optional<at::Tensor>& input_scale,
                              const std::optional<at::Tensor>& input_zero_point);
 
+// linear_grad_input: grad_output float32 / float16 / bfloat16 [..., N] (at least
+// 1-D) with N = weight_scale.size(0); weight_scale float32 [N]; in_features >= 0;
+// everything on grad_output's device.
+void check_linear_grad_input_args(const char* op, const at::Tensor& grad_output, const at::Tensor& packed_weight,
+                                  const at::Tensor& weight_scale, const c10::SymInt& in_features);
+
 } // namespace q8::detail
 
 namespace q8::detail {

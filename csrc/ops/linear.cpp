@@ -1,7 +1,7 @@
 // Int8 linear layers: weight quantization, packing, the exact integer GEMM and the
 // fused linear op. Schemas and the public C++ API.
 //   kernels: cpu/linear.cpp (+ cpu/kernels/int8_gemm_*.cpp), meta/linear.cpp,
-//            autograd/linear.cpp
+//            autograd/linear.cpp, cuda/linear.cu, cuda/linear_backward.cu (linear_grad_input)
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/library.h>
 
@@ -20,6 +20,13 @@ TORCH_LIBRARY_FRAGMENT(q8, m) {
   m.def(
       "linear(Tensor input, Tensor packed_weight, Tensor weight_scale, Tensor? bias=None,"
       " str activation=\"dynamic\", Tensor? input_scale=None, Tensor? input_zero_point=None) -> Tensor",
+      tags);
+  // The input gradient of linear (straight-through, the int8 weight frozen):
+  //   grad_input[..., k] = sum_n grad_output[..., n] * weight_int8[n][k] * weight_scale[n],
+  // [..., in_features] in grad_output's dtype (float32 accumulation).
+  m.def(
+      "linear_grad_input(Tensor grad_output, Tensor packed_weight, Tensor weight_scale, SymInt in_features)"
+      " -> Tensor",
       tags);
 }
 
@@ -70,6 +77,17 @@ at::Tensor linear(
                                          const std::optional<at::Tensor>&, c10::string_view,
                                          const std::optional<at::Tensor>&, const std::optional<at::Tensor>&)>();
   return op.call(input, packed_weight, weight_scale, bias, activation, input_scale, input_zero_point);
+}
+
+at::Tensor linear_grad_input(
+    const at::Tensor& grad_output,
+    const at::Tensor& packed_weight,
+    const at::Tensor& weight_scale,
+    int64_t in_features) {
+  static auto op = c10::Dispatcher::singleton()
+                       .findSchemaOrThrow("q8::linear_grad_input", "")
+                       .typed<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&, c10::SymInt)>();
+  return op.call(grad_output, packed_weight, weight_scale, in_features);
 }
 
 } // namespace q8

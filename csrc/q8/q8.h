@@ -118,6 +118,19 @@ Q8_API at::Tensor linear(
     c10::string_view activation = "dynamic",
     const std::optional<at::Tensor>& input_scale = std::nullopt,
     const std::optional<at::Tensor>& input_zero_point = std::nullopt);
+// linear is differentiable with respect to input and bias (the int8 weight is
+// frozen; weight_scale or input_scale requiring grad is an error): straight-through
+// in "dynamic" and "weight_only", and with fake quantization's clamp mask in
+// "static" (zero gradient where input quantizes outside [0, 255]). Backward of
+// backward is not supported.
+
+// The input gradient of linear: grad_output [..., N] . (weight_int8 . diag(weight_scale)),
+// [..., in_features] in grad_output's dtype (no clamp mask: the autograd kernel applies it).
+Q8_API at::Tensor linear_grad_input(
+    const at::Tensor& grad_output,
+    const at::Tensor& packed_weight,
+    const at::Tensor& weight_scale,
+    int64_t in_features);
 
 // ---------------------------------------------------------------------------
 // Int8 embeddings

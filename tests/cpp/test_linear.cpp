@@ -1,6 +1,7 @@
 // The int8 linear ops through the public C++ API (q8/q8.h): exact integer GEMM
 // against plain int64 loops on every ISA family, the float linear against a
-// dequantize-then-matmul loop in double, and the argument errors.
+// dequantize-then-matmul loop in double, the backward pass (input and bias
+// gradients) from C++, and the argument errors.
 #include "q8_test_utils.h"
 
 namespace {
@@ -159,6 +160,62 @@ TEST(Int8Linear, StaticNeedsQparamsAndBadInputIsRefused) {
   Q8_EXPECT_ERROR(q8::int8_mm(torch::zeros({2, 37}, torch::kChar), packed, 19), "input must be uint8");
   const auto y = q8::linear(x, packed, ws, std::nullopt, "static", f32_scalar(0.05f), i32_scalar(128));
   EXPECT_EQ(y.sizes(), at::IntArrayRef({4, 19}));
+}
+
+// Backward from C++ through q8::linear: grad_input = grad . W_deq (straight
+// through), zero where static quantization clips; grad_bias = column sums.
+TEST(Int8Linear, BackwardGivesInputAndBiasGradients) {
+  torch::manual_seed(5);
+  const int64_t m = 6, k = 29, n = 11;
+  const auto [w8, ws] = q8::quantize_weight(torch::randn({n, k}));
+  const auto packed = q8::pack_weight(w8);
+  const auto swv = as_floats(ws);
+  const auto wv = as_int64s(w8);
+  const auto xs = torch::randn({m, k}) * 2;
+  const auto go = torch::randn({m, n});
+  const auto gov = as_floats(go), xv = as_floats(xs);
+  for (const char* mode : {"dynamic", "weight_only", "static"}) {
+    const auto x = xs.clone().requires_grad_(true);
+    const auto b = torch::randn({n}).requires_grad_(true);
+    const bool is_static = std::string(mode) == "static";
+    const auto y = is_static ? q8::linear(x, packed, ws, b, mode, f32_scalar(0.02f), i32_scalar(128))
+                             : q8::linear(x, packed, ws, b, mode);
+    y.backward(go);
+    const auto gx = as_floats(x.grad()), gb = as_floats(b.grad());
+    int clipped = 0;
+    for (int64_t i = 0; i < m; ++i) {
+      for (int64_t t = 0; t < k; ++t) {
+        double want = 0.0, mag = 0.0;
+        for (int64_t j = 0; j < n; ++j) {
+          want += static_cast<double>(gov[i * n + j]) * wv[j * k + t] * swv[j];
+          mag += std::fabs(static_cast<double>(gov[i * n + j]) * wv[j * k + t] * swv[j]);
+        }
+        if (is_static) {
+          const float q = std::nearbyint(xv[i * k + t] * (1.0f / 0.02f)) + 128.f;
+          if (q < 0.f || q > 255.f) {
+            want = 0.0;
+            ++clipped;
+          }
+        }
+        EXPECT_NEAR(gx[i * k + t], want, 1e-6 * mag + 1e-7) << mode << " " << i << "," << t;
+      }
+    }
+    if (is_static) {
+      EXPECT_GT(clipped, 0);
+    }
+    for (int64_t j = 0; j < n; ++j) {
+      double want = 0.0;
+      for (int64_t i = 0; i < m; ++i) {
+        want += gov[i * n + j];
+      }
+      EXPECT_NEAR(gb[j], want, 1e-5) << mode << " " << j;
+    }
+  }
+  // The backward op through the public API, and the frozen weight_scale.
+  const auto gi = q8::linear_grad_input(go, packed, ws, k);
+  EXPECT_EQ(gi.sizes(), at::IntArrayRef({m, k}));
+  Q8_EXPECT_ERROR(q8::linear(xs.clone().requires_grad_(true), packed, ws.clone().requires_grad_(true)),
+                  "weight_scale must not require grad");
 }
 
 } // namespace

@@ -330,12 +330,13 @@ def test_linear_from_threads_matches_one_thread():
         assert_same(a, b)
 
 
-def test_linear_does_not_differentiate_silently():
+def test_linear_differentiates_input_straight_through():
+    """linear has a backward now (tests/python/test_linear_grad.py covers it); the weight stays frozen."""
     _, w8, ws, packed = make_weight(4, 8)
     x = torch.randn(2, 8, requires_grad=True)
-    y = q8.linear(x, packed, ws)
-    with pytest.raises(RuntimeError, match="not implemented"):
-        y.sum().backward()
+    q8.linear(x, packed, ws).sum().backward()
+    ref = (w8.double() * ws.double()[:, None]).sum(0).expand(2, 8)
+    torch.testing.assert_close(x.grad.double(), ref, rtol=1e-6, atol=1e-6)
 
 
 # ---------------------------------------------------------------------------

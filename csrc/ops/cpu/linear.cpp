@@ -397,6 +397,32 @@ at::Tensor linear_int8(const at::Tensor& x2, const PackedView& w, const float* s
   return y;
 }
 
+// ---------------------------------------------------------------------------
+// Dequantized weight blocks (linear_grad_input)
+// ---------------------------------------------------------------------------
+// weight_scale padded with zeros to whole panels, so that dequant_panels may read
+// 16 scales per panel.
+std::vector<float> padded_scales(const PackedView& w, const float* sw) {
+  std::vector<float> s(w.panels * gemm::kPanel, 0.f);
+  std::copy(sw, sw + w.header.n, s.begin());
+  return s;
+}
+
+// A float buffer per thread, grown to the largest block seen and kept (a fresh
+// allocation per call would pay page faults).
+float* thread_buffer(int64_t elements) {
+  static thread_local std::vector<float> buf;
+  if (static_cast<int64_t>(buf.size()) < elements) {
+    buf.assign(elements, 0.f);
+  }
+  return buf.data();
+}
+
+// weight_only: the int8 weights are converted to float inside the tile kernel
+// (f32_tile), which moves a quarter of fp32's bytes; memory-bound shapes run about
+// 2x faster than fp32. (A path that dequantizes blocks of 256 output channels into
+// a per-thread buffer and calls BLAS per block was measured slower than this one
+// at every M from 1 to 512 on the 2-core dev machine; see docs/training.md.)
 at::Tensor linear_weight_only(const at::Tensor& x2, const PackedView& w, const float* sw, const float* bias) {
   const auto& kern = gemm_kernels();
   const int64_t m = x2.size(0), k = x2.size(1), n = w.header.n;
@@ -451,6 +477,63 @@ at::Tensor linear_weight_only(const at::Tensor& x2, const PackedView& w, const f
   return y;
 }
 
+// grad_input[M, K] = grad_output[M, N] . dequant(w)[N, K]: each task takes a range
+// of k, dequantizes blocks of output channels (about 1 MiB of float32) into its
+// buffer and adds each block's product with BLAS.
+at::Tensor linear_grad_input_cpu(const at::Tensor& grad_output, const at::Tensor& packed,
+                                 const at::Tensor& weight_scale, c10::SymInt in_features) {
+  const char* op = "linear_grad_input";
+  detail::check_linear_grad_input_args(op, grad_output, packed, weight_scale, in_features);
+  check_cpu(op, grad_output, "grad_output");
+  const int64_t k = in_features.expect_int();
+  const PackedView w = packed_for(op, packed, weight_scale.size(0), k, "weight_scale.size(0)", "in_features");
+  const int64_t n = w.header.n;
+  auto sizes = grad_output.sizes().vec();
+  sizes.back() = k;
+  int64_t m = 1;
+  for (size_t d = 0; d + 1 < sizes.size(); ++d) {
+    m *= sizes[d];
+  }
+  auto gi = at::zeros({m, k}, grad_output.options().dtype(at::kFloat));
+  if (m > 0 && n > 0 && k > 0) {
+    const auto& kern = gemm_kernels();
+    const auto go = grad_output.reshape({m, n}).to(at::kFloat).contiguous();
+    const auto sw = weight_scale.contiguous();
+    const auto scales = padded_scales(w, sw.const_data_ptr<float>());
+    // One task per range of k (at least 64 groups): a task owns its columns of
+    // grad_input, so there is one parallel region and no reduction; inside it BLAS
+    // runs on one thread.
+    const int64_t threads = at::get_num_threads();
+    const int64_t gpt = std::max<int64_t>(64, ceil_div(w.groups, 4 * threads));
+    const int64_t ntasks = ceil_div(w.groups, gpt);
+    at::parallel_for(0, ntasks, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t task = begin; task < end; ++task) {
+        const int64_t g0 = task * gpt, g1 = std::min(w.groups, g0 + gpt);
+        const int64_t k0 = g0 * gemm::kGroup, kw = std::min(k, g1 * gemm::kGroup) - k0;
+        if (kw <= 0) {
+          continue;
+        }
+        // Row stride: rounded up to 16 floats plus 16, so that the 16 rows a panel
+        // writes at once do not map to one L1 set (power-of-two strides).
+        const int64_t ldd = ceil_div((g1 - g0) * gemm::kGroup, 16) * 16 + 16;
+        const int64_t bp = std::max<int64_t>(1, (int64_t{1} << 20) / (gemm::kPanel * ldd * 4));
+        float* buf = thread_buffer(bp * gemm::kPanel * ldd);
+        auto gi_cols = gi.narrow(1, k0, kw);
+        for (int64_t p0 = 0; p0 < w.panels; p0 += bp) {
+          const int64_t np = std::min<int64_t>(bp, w.panels - p0);
+          const int64_t col0 = p0 * gemm::kPanel;
+          const int64_t ncols = std::min<int64_t>(np * gemm::kPanel, n - col0);
+          kern.dequant_panels(w.weights + p0 * w.panel_stride + g0 * gemm::kGroupBytes, w.panel_stride, g1 - g0,
+                              static_cast<int>(np), scales.data() + col0, buf, ldd);
+          gi_cols.addmm_(go.narrow(1, col0, ncols), at::from_blob(buf, {ncols, kw}, {ldd, 1}, gi.options()));
+        }
+      }
+    });
+  }
+  auto out = gi.view(sizes);
+  return grad_output.scalar_type() == at::kFloat ? out : out.to(grad_output.scalar_type());
+}
+
 at::Tensor linear_cpu(const at::Tensor& input, const at::Tensor& packed, const at::Tensor& weight_scale,
                       const std::optional<at::Tensor>& bias, c10::string_view activation,
                       const std::optional<at::Tensor>& input_scale,
@@ -490,6 +573,7 @@ TORCH_LIBRARY_IMPL(q8, CPU, m) {
   m.impl("unpack_weight", &unpack_weight_cpu);
   m.impl("int8_mm", &int8_mm_cpu);
   m.impl("linear", &linear_cpu);
+  m.impl("linear_grad_input", &linear_grad_input_cpu);
 }
 
 } // namespace q8::cpu

@@ -39,6 +39,14 @@ at::Tensor linear_meta(const at::Tensor& input, const at::Tensor& packed, const 
   return at::empty_symint(sizes, input.options());
 }
 
+at::Tensor linear_grad_input_meta(const at::Tensor& grad_output, const at::Tensor& packed,
+                                  const at::Tensor& weight_scale, c10::SymInt in_features) {
+  detail::check_linear_grad_input_args("linear_grad_input", grad_output, packed, weight_scale, in_features);
+  auto sizes = grad_output.sym_sizes().vec();
+  sizes.back() = in_features;
+  return at::empty_symint(sizes, grad_output.options());
+}
+
 } // namespace
 
 TORCH_LIBRARY_IMPL(q8, Meta, m) {
@@ -46,6 +54,7 @@ TORCH_LIBRARY_IMPL(q8, Meta, m) {
   m.impl("unpack_weight", &unpack_weight_meta);
   m.impl("int8_mm", &int8_mm_meta);
   m.impl("linear", &linear_meta);
+  m.impl("linear_grad_input", &linear_grad_input_meta);
 }
 
 } // namespace q8::meta

@@ -60,6 +60,11 @@ struct GemmKernels {
   // Returns a bit mask of the rows that hold NaN or +-Inf.
   uint32_t (*quantize_rows)(const float* x, int64_t ldx, int64_t k, int rows, const float* inv_scale,
                         const int32_t* zp, uint8_t* panel, int64_t groups);
+  // Dequantizes np whole panels (np * 16 weight rows) starting at b into float
+  // rows: dst[j * ldd + k] = float(w[j][k]) * sw[j] for j < np * 16, k < groups * 4
+  // (one IEEE multiply, the same on every ISA; padded k give 0).
+  void (*dequant_panels)(const int8_t* b, int64_t panel_stride, int64_t groups, int np, const float* sw,
+                         float* dst, int64_t ldd);
 };
 
 const GemmKernels& gemm_default();

@@ -174,5 +174,28 @@ uint32_t quantize_rows_avx2(const float* x, int64_t ldx, int64_t k, int rows, co
   return bad;
 }
 
+// dequant_panels: each 8-byte piece of a group is 2 rows x 4 k; widened to 8
+// floats, scaled by [s_j x4, s_j+1 x4] and stored as two 16-byte row pieces.
+void dequant_panels_avx2(const int8_t* b, int64_t panel_stride, int64_t groups, int np, const float* sw,
+                         float* dst, int64_t ldd) {
+  for (int p = 0; p < np; ++p) {
+    const int8_t* bp = b + p * panel_stride;
+    __m256 scale[kPanel / 2];
+    for (int h = 0; h < kPanel / 2; ++h) {
+      scale[h] = _mm256_set_m128(_mm_set1_ps(sw[p * kPanel + 2 * h + 1]), _mm_set1_ps(sw[p * kPanel + 2 * h]));
+    }
+    float* d = dst + p * kPanel * ldd;
+    for (int64_t g = 0; g < groups; ++g) {
+      const int8_t* bg = bp + g * kGroupBytes;
+      for (int h = 0; h < kPanel / 2; ++h) {
+        const __m128i w8 = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(bg + 8 * h));
+        const __m256 f = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(w8)), scale[h]);
+        _mm_storeu_ps(d + (2 * h) * ldd + g * kGroup, _mm256_castps256_ps128(f));
+        _mm_storeu_ps(d + (2 * h + 1) * ldd + g * kGroup, _mm256_extractf128_ps(f, 1));
+      }
+    }
+  }
+}
+
 } // namespace
 } // namespace q8::cpu::gemm

@@ -214,11 +214,43 @@ uint32_t quantize_rows_avx512(const float* x, int64_t ldx, int64_t k, int rows, 
   return bad;
 }
 
+// dequant_panels: each 16-byte quarter of a group is 4 rows x 4 k; widened to
+// 16 floats, scaled by [s_4q x4, ..., s_4q+3 x4] and stored as four 16-byte row
+// pieces.
+void dequant_panels_avx512(const int8_t* b, int64_t panel_stride, int64_t groups, int np, const float* sw,
+                           float* dst, int64_t ldd) {
+  for (int p = 0; p < np; ++p) {
+    const int8_t* bp = b + p * panel_stride;
+    const __m512 s16 = _mm512_loadu_ps(sw + p * kPanel);
+    __m512 scale[4];
+    for (int q = 0; q < 4; ++q) {
+      const __m512i idx = _mm512_set_epi32(4 * q + 3, 4 * q + 3, 4 * q + 3, 4 * q + 3, 4 * q + 2, 4 * q + 2,
+                                           4 * q + 2, 4 * q + 2, 4 * q + 1, 4 * q + 1, 4 * q + 1, 4 * q + 1,
+                                           4 * q, 4 * q, 4 * q, 4 * q);
+      scale[q] = _mm512_permutexvar_ps(idx, s16);
+    }
+    float* d = dst + p * kPanel * ldd;
+    for (int64_t g = 0; g < groups; ++g) {
+      const int8_t* bg = bp + g * kGroupBytes;
+      for (int q = 0; q < 4; ++q) {
+        const __m128i w8 = _mm_loadu_si128(reinterpret_cast<const __m128i*>(bg + 16 * q));
+        const __m512 f = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(w8)), scale[q]);
+        float* dq = d + (4 * q) * ldd + g * kGroup;
+        _mm_storeu_ps(dq, _mm512_castps512_ps128(f));
+        _mm_storeu_ps(dq + ldd, _mm512_extractf32x4_ps(f, 1));
+        _mm_storeu_ps(dq + 2 * ldd, _mm512_extractf32x4_ps(f, 2));
+        _mm_storeu_ps(dq + 3 * ldd, _mm512_extractf32x4_ps(f, 3));
+      }
+    }
+  }
+}
+
 } // namespace
 
 const GemmKernels& gemm_avx512_vnni() {
   static const GemmKernels table{"avx512_vnni",         &int8_tile_avx512,   &f32_tile_avx512,
-                                 &int8_epilogue_avx512, &row_min_max_avx512, &quantize_rows_avx512};
+                                 &int8_epilogue_avx512, &row_min_max_avx512, &quantize_rows_avx512,
+                                 &dequant_panels_avx512};
   return table;
 }
 

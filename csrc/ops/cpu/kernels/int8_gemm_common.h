@@ -69,6 +69,23 @@ void f32_tile_scalar(const float* x, int64_t ldx, const int8_t* b, int64_t panel
   }
 }
 
+void dequant_panels_scalar(const int8_t* b, int64_t panel_stride, int64_t groups, int np, const float* sw,
+                           float* dst, int64_t ldd) {
+  for (int p = 0; p < np; ++p) {
+    const int8_t* bp = b + p * panel_stride;
+    for (int j = 0; j < kPanel; ++j) {
+      const float s = sw[p * kPanel + j];
+      float* d = dst + (p * kPanel + j) * ldd;
+      for (int64_t g = 0; g < groups; ++g) {
+        const int8_t* w = bp + g * kGroupBytes + j * kGroup;
+        for (int t = 0; t < kGroup; ++t) {
+          d[g * kGroup + t] = static_cast<float>(w[t]) * s;
+        }
+      }
+    }
+  }
+}
+
 // One output of the int8 epilogue; the vector epilogues do the same operations.
 inline float epilogue_one(int32_t acc, int32_t zp, float sx, int32_t wsum, float sw, const float* bias, int j) {
   const float t = static_cast<float>(wrap_sub_mul(acc, zp, wsum));
