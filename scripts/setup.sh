@@ -13,9 +13,10 @@ cd "$(dirname "$0")/.."
 run_main=1
 [ "${1:-}" = "--no-run" ] && run_main=0
 
-# 1. System packages: a C++ compiler, CMake and GoogleTest (Debian's libgtest-dev).
+# 1. System packages: a C++ compiler, CMake, GoogleTest (Debian's libgtest-dev) and
+#    espeak-ng (synthetic speech for examples/python/pretrained_lstm.py).
 missing=()
-for pkg in g++ cmake libgtest-dev; do
+for pkg in g++ cmake libgtest-dev espeak-ng; do
   dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
 done
 if [ ${#missing[@]} -gt 0 ]; then
@@ -33,6 +34,9 @@ if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
 fi
 .venv/bin/python -m pip install -q "${Q8_TORCH:-torch==2.13.0}" -r requirements-dev.txt
+# The pretrained model of examples/python/pretrained_lstm.py: only the weights file in
+# the wheel is used (resemblyzer is never imported), so none of its dependencies.
+.venv/bin/python -m pip install -q --no-deps resemblyzer==0.1.4
 
 # 3. Build libq8 and install the package (editable; CMake does the build).
 echo "q8 setup: building libq8 ($(.venv/bin/python -c 'import torch; print("torch", torch.__version__)'))"

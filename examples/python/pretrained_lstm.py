@@ -22,6 +22,7 @@ speakers, three sentences each). Speed: one batch of partials and a batch-1 (str
 interleaved, median of the repetitions, 2 threads.
 """
 import argparse
+import copy
 import importlib.metadata
 import os
 import statistics
@@ -162,9 +163,9 @@ def embed_utterances(model, batch, owners, n_utts):
 # ------------------------------------------------------------------------------ models
 
 def quantize_q8(model, activation="dynamic"):
-    q = SpeakerEncoder()
-    q.lstm = Int8LSTM.from_float(model.lstm, activation=activation)
-    q.linear = Int8Linear.from_float(model.linear, activation=activation)
+    # One call converts the LSTM (q8.nn.Int8LSTM) and the Linear (q8.nn.Int8Linear).
+    q = q8.quantize_dynamic(copy.deepcopy(model), activation=activation)
+    assert isinstance(q.lstm, Int8LSTM) and isinstance(q.linear, Int8Linear), q8.conversion_report(q)
     return q.eval()
 
 
