@@ -91,7 +91,8 @@ def sample_inputs(device, requires_grad):
         (OPS.histogram_qparams.default, (*filled, 99.0, -128, 127, True)),
         (OPS.histogram_qparams.default, (*hist_state(16), 100.0, 0, 255, False)),
     ]
-    # The int8 linear family (inference ops: backward raises, so no requires_grad samples).
+    # The int8 linear family. linear differentiates its input and bias (straight-through; the
+    # weight and its scales are frozen): its input samples follow requires_grad.
     w = torch.randn(19, 37, device=device)
     w8, ws = q8.quantize_weight(w)
     packed = q8.pack_weight(w8)
@@ -104,12 +105,15 @@ def sample_inputs(device, requires_grad):
         (OPS.unpack_weight.default, (packed, 19, 37)),
         (OPS.int8_mm.default, (u8, packed, 19, None)),
         (OPS.int8_mm.default, (u8, packed, 19, torch.randint(0, 256, (5,), dtype=torch.int32, device=device))),
-        (OPS.linear.default, (x_(3, 5, 37, rg=False), packed, ws, torch.randn(19, device=device), "dynamic", None, None)),
-        (OPS.linear.default, (x_(6, 37, dtype=torch.bfloat16, rg=False), packed, ws, None, "dynamic", None, None)),
-        (OPS.linear.default, (x_(37, dtype=torch.float16, rg=False), packed, ws, torch.randn(19, device=device).half(),
+        (OPS.linear.default, (x_(3, 5, 37), packed, ws, torch.randn(19, device=device).requires_grad_(requires_grad),
+                              "dynamic", None, None)),
+        (OPS.linear.default, (x_(6, 37, dtype=torch.bfloat16), packed, ws, None, "dynamic", None, None)),
+        (OPS.linear.default, (x_(37, dtype=torch.float16), packed, ws, torch.randn(19, device=device).half(),
                               "weight_only", None, None)),
-        (OPS.linear.default, (x_(4, 37, rg=False), packed, ws, None, "static",
+        (OPS.linear.default, (x_(4, 37), packed, ws, None, "static",
                               torch.tensor(0.05, device=device), torch.tensor(128, dtype=torch.int32, device=device))),
+        (OPS.linear_grad_input.default, (x_(4, 19, rg=False), packed, ws, 37)),
+        (OPS.linear_grad_input.default, (x_(2, 3, 19, dtype=torch.bfloat16, rg=False), packed, ws, 37)),
     ]
     # Int8 embeddings (inference ops: backward raises, so no requires_grad samples here; the
     # full set of samples, requires_grad included, is in test_embedding.py).
@@ -147,7 +151,8 @@ def test_opcheck_every_op(device, requires_grad):
 def test_ops_carry_pt2_compliant_tag():
     for name in ["fake_quantize_per_tensor", "fake_quantize_per_channel", "choose_qparams", "quantize", "dequantize",
                  "_fake_quantize_cachemask", "_fake_quantize_mask_backward", "_fake_quantize_learnable_backward",
-                 "quantize_weight", "pack_weight", "unpack_weight", "int8_mm", "linear", "observe_fake_quantize",
+                 "quantize_weight", "pack_weight", "unpack_weight", "int8_mm", "linear", "linear_grad_input",
+                 "observe_fake_quantize",
                  "histogram_observe", "histogram_qparams", "embedding", "embedding_bag"]:
         assert torch.Tag.pt2_compliant_tag in getattr(OPS, name).default.tags, name
 
