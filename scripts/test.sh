@@ -66,6 +66,9 @@ python benchmarks/bench_linear.py --quick --no-torchao
 python benchmarks/bench_observer.py --quick
 python -W ignore benchmarks/bench_qat.py --quick
 python benchmarks/bench_histogram.py --quick
+python -W ignore benchmarks/bench_models.py --quick
+python -W ignore benchmarks/bench_rnn.py --quick
+python benchmarks/bench_embedding.py --quick
 
 stamp "Python tests (pytest, torch $(python -c 'import torch; print(torch.__version__)'))"
 python scripts/run_pytest.py tests/python

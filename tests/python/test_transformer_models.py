@@ -72,12 +72,14 @@ def test_quantize_dynamic(name):
     assert float_projections(q) == []
     report = q8.conversion_report(q)
     n_linear = sum(isinstance(m, Int8Linear) for m in q.modules())
-    assert len(report.converted) == n_linear
+    n_embedding = sum(isinstance(m, q8.nn.Int8Embedding) for m in q.modules())
+    assert len(report.converted) == n_linear + n_embedding
     if name == "gpt2":  # 4 Conv1D a block (c_attn, c_proj, mlp.c_fc, mlp.c_proj) + lm_head
         assert sum(e.from_type == "Conv1D" for e in report.converted) == 8
-    # Embeddings: converted once q8.nn.Int8Embedding exists, else reported (not silently float).
-    for e in report.left_float:
-        assert e.from_type == "Embedding" and e.status == "unavailable"
+    # Every embedding table (token, position, token type) is int8 too; nothing is left float.
+    assert n_embedding == sum(type(m) is nn.Embedding for m in model.modules()) > 0
+    assert not any(type(m) is nn.Embedding for m in q.modules())
+    assert report.left_float == []
     out = logits(q, ids, name)
     ao_model = torch.ao.quantization.quantize_dynamic(copy.deepcopy(model), {nn.Linear}, dtype=torch.qint8)
     ao_err = rel(logits(ao_model, ids, name), ref)
