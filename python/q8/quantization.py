@@ -366,6 +366,26 @@ def _convert_qat_mha(layer) -> torch.nn.Module:
     return Int8MultiheadAttention._shell(layer, *projections)
 
 
+def _convert_embedding(layer) -> torch.nn.Module:
+    """QATEmbedding / QATEmbeddingBag -> Int8Embedding / Int8EmbeddingBag with the codes and scales it used."""
+    from .nn.embedding import Int8Embedding, Int8EmbeddingBag
+    from .nn.qat_embedding import QATEmbedding
+
+    where = f"q8.convert: layer {_name() or '<model>'!r}"
+    codes, scale = _weight_qparams(layer, where)
+    device, dtype = layer.weight.device, layer.weight.dtype
+    if isinstance(layer, QATEmbedding):
+        module = Int8Embedding(layer.num_embeddings, layer.embedding_dim, padding_idx=layer.padding_idx, dtype=dtype,
+                               device=device)
+    else:
+        module = Int8EmbeddingBag(layer.num_embeddings, layer.embedding_dim, mode=layer.mode,
+                                  include_last_offset=layer.include_last_offset, padding_idx=layer.padding_idx,
+                                  dtype=dtype, device=device)
+    module._set_table(codes.contiguous(), scale.contiguous())
+    module.train(layer.training)
+    return module
+
+
 def _lazy(class_name: str, takes_activation: bool):
     """A converter to ``q8.nn.<class_name>.from_float``, looked up when it runs (other q8 parts provide it)."""
 
@@ -389,6 +409,7 @@ def _lazy(class_name: str, takes_activation: bool):
 
 def _register_builtins() -> None:
     from .nn import hf
+    from .nn.qat_embedding import QATEmbedding, QATEmbeddingBag
     from .nn.attention import (Int8MultiheadAttention, Int8TransformerEncoder, Int8TransformerEncoderLayer,
                                QATMultiheadAttention)
 
@@ -411,8 +432,11 @@ def _register_builtins() -> None:
     for t, cls in ((nn.LSTM, "Int8LSTM"), (nn.GRU, "Int8GRU"), (nn.RNN, "Int8RNN"), (nn.LSTMCell, "Int8LSTMCell"),
                    (nn.GRUCell, "Int8GRUCell"), (nn.RNNCell, "Int8RNNCell")):
         reg(t, dynamic=_lazy(cls, True))
-    reg(nn.Embedding, dynamic=_lazy("Int8Embedding", False))
-    reg(nn.EmbeddingBag, dynamic=_lazy("Int8EmbeddingBag", False))
+    reg(nn.Embedding, dynamic=_lazy("Int8Embedding", False), qat=lambda m, c: QATEmbedding.from_float(m, c))
+    reg(nn.EmbeddingBag, dynamic=_lazy("Int8EmbeddingBag", False),
+        qat=lambda m, c: QATEmbeddingBag.from_float(m, c))
+    reg(QATEmbedding, convert=_convert_embedding)
+    reg(QATEmbeddingBag, convert=_convert_embedding)
 
 
 _register_builtins()

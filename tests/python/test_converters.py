@@ -439,10 +439,13 @@ def test_rnn_and_embedding_are_dispatched_or_reported():
             assert f"q8.nn.{cls} is not available" in by_name[name].reason
             assert type(getattr(model, name)).__name__ == by_name[name].from_type  # left as it was
 
+    # QAT: embeddings fake-quantize their tables (q8.nn.QATEmbedding); recurrent layers stay
+    # float, reported as unsupported.
     model = nn.Sequential(nn.Embedding(10, 8), nn.LSTM(8, 8))
     q8.prepare_qat(model)
-    assert type(model[0]) is nn.Embedding and type(model[1]) is nn.LSTM
-    assert {e.status for e in q8.conversion_report(model).left_float} == {"unsupported"}
+    assert type(model[0]) is q8.nn.QATEmbedding and type(model[1]) is nn.LSTM
+    (entry,) = q8.conversion_report(model).left_float
+    assert entry.name == "1" and entry.status == "unsupported"
     assert "q8 has no qat converter for LSTM" in str(q8.conversion_report(model))
 
 

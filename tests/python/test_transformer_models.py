@@ -99,6 +99,8 @@ def test_prepare_calibrate_convert(name):
     fake = logits(prepared, ids, name)
     converted = q8.convert(prepared)
     assert float_projections(converted) == []
+    assert not any(type(m) is nn.Embedding for m in converted.modules())  # tables: Int8Embedding
+    assert q8.conversion_report(converted).left_float == []
     assert all(m.activation == "static" for m in converted.modules() if isinstance(m, Int8Linear))
     out = logits(converted, ids, name)
     assert rel(out, fake) < 0.01
@@ -124,6 +126,8 @@ def test_prepare_qat_train_convert(name):
     q8.convert(model)
     assert float_projections(model) == []
     assert not any(type(m).__name__.startswith("QAT") for m in model.modules())
+    assert not any(type(m) is nn.Embedding for m in model.modules())
+    assert any(isinstance(m, q8.nn.Int8Embedding) for m in model.modules())
     assert rel(logits(model, ids, name), fake) < 0.01
 
 

@@ -13,7 +13,8 @@
 * :class:`Int8LSTM`, :class:`Int8GRU`, :class:`Int8RNN` and their cells: dynamic int8
   recurrent layers (``q8/nn/rnn.py``);
 * :class:`FakeQuantize`: an observer + fake quantization (QAT and calibration);
-* :class:`QATLinear`, :class:`QATConv2d`: layers with fake-quantized weights and inputs.
+* :class:`QATLinear`, :class:`QATConv2d`: layers with fake-quantized weights and inputs;
+  :class:`QATEmbedding`, :class:`QATEmbeddingBag`: tables fake-quantized per row.
 
 ``q8.quantize_dynamic``, ``q8.prepare_qat``, ``q8.prepare``, ``q8.calibrate`` and
 ``q8.convert`` swap a model's layers for these.
@@ -25,9 +26,10 @@ from .embedding import Int8Embedding, Int8EmbeddingBag
 from .hf import QATConv1D
 from .linear import FORMAT_VERSION, Int8Linear
 from .qat import FakeQuantize, QATConv2d, QATLinear
+from .qat_embedding import QATEmbedding, QATEmbeddingBag
 from .rnn import RNN_FORMAT_VERSION, Int8GRU, Int8GRUCell, Int8LSTM, Int8LSTMCell, Int8RNN, Int8RNNCell
 
 __all__ = ["FORMAT_VERSION", "RNN_FORMAT_VERSION", "FakeQuantize", "Int8Conv2d", "Int8Embedding", "Int8EmbeddingBag",
            "Int8GRU", "Int8GRUCell", "Int8LSTM", "Int8LSTMCell", "Int8Linear", "Int8MultiheadAttention", "Int8RNN",
-           "Int8RNNCell", "Int8TransformerEncoder", "Int8TransformerEncoderLayer", "QATConv1D", "QATConv2d", "QATLinear",
+           "Int8RNNCell", "Int8TransformerEncoder", "Int8TransformerEncoderLayer", "QATConv1D", "QATConv2d", "QATEmbedding", "QATEmbeddingBag", "QATLinear",
            "QATMultiheadAttention"]
