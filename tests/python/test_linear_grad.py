@@ -273,7 +273,9 @@ def test_compile_inductor_backward(tmp_path):
 
 def test_lora_example_quick():
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    env = dict(os.environ, PYTHONPATH=os.path.join(root, "python") + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    # The q8 this test imported (the source tree's, or a venv's under scripts/test_torch.sh), not the source tree's.
+    q8_parent = os.path.dirname(os.path.dirname(os.path.abspath(q8.__file__)))
+    env = dict(os.environ, PYTHONPATH=q8_parent + os.pathsep + os.environ.get("PYTHONPATH", ""))
     out = subprocess.run([sys.executable, os.path.join(root, "examples", "python", "lora_int8.py"), "--quick"],
                          capture_output=True, text=True, env=env, timeout=120)
     assert out.returncode == 0, out.stderr
