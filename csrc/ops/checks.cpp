@@ -627,3 +627,217 @@ c10::SymInt embedding_bag_num_bags(const at::Tensor& indices, const std::optiona
 }
 
 } // namespace q8::detail
+
+// ---------------------------------------------------------------------------
+// Int8 convolution
+// ---------------------------------------------------------------------------
+namespace q8::detail {
+
+namespace {
+
+int64_t sym_hint(const c10::SymInt& s) {
+  // A concrete value, or -1 for a symbolic size (the meta kernel then uses ConvArgs' sym_* fields).
+  return s.maybe_as_int().value_or(-1);
+}
+
+void check_pair(const char* op, at::IntArrayRef v, const char* name, int64_t min_value) {
+  TORCH_CHECK(v.size() == 2, "q8.", op, ": ", name, " must have 2 values (height, width), got ", v);
+  TORCH_CHECK(v[0] >= min_value && v[1] >= min_value, "q8.", op, ": ", name, " must be ",
+              min_value == 0 ? "non-negative" : "positive", ", got ", v);
+}
+
+void check_one_element(const char* op, const at::Tensor& input, const at::Tensor& t, const char* name, bool is_scale) {
+  if (is_scale) {
+    TORCH_CHECK(t.scalar_type() == at::kFloat && t.sym_numel() == 1, "q8.", op, ": ", name,
+                " must be a float32 tensor with one element, got ", t.scalar_type(), " of shape ", t.sym_sizes());
+  } else {
+    TORCH_CHECK((t.scalar_type() == at::kInt || t.scalar_type() == at::kLong) && t.sym_numel() == 1, "q8.", op,
+                ": ", name, " must be an int32 or int64 tensor with one element, got ", t.scalar_type(), " of shape ",
+                t.sym_sizes());
+  }
+  check_same_device(op, input, "input", t, name);
+}
+
+void check_conv_kernel_size(const char* op, at::IntArrayRef kernel_size) {
+  check_pair(op, kernel_size, "kernel_size", 1);
+  TORCH_CHECK(kernel_size[0] <= 65535 && kernel_size[1] <= 65535, "q8.", op,
+              ": kernel_size must be at most 65535 per dimension, got ", kernel_size);
+}
+
+} // namespace
+
+ConvArgs check_conv2d_args(const char* op, const at::Tensor& input, const at::Tensor& packed_weight,
+                           const at::Tensor& weight_scale, const std::optional<at::Tensor>& bias,
+                           at::IntArrayRef kernel_size, at::IntArrayRef stride, at::IntArrayRef padding,
+                           at::IntArrayRef dilation, int64_t groups, c10::string_view activation,
+                           const std::optional<at::Tensor>& input_scale,
+                           const std::optional<at::Tensor>& input_zero_point,
+                           const std::optional<at::Tensor>& residual, const std::optional<at::Tensor>& residual_scale,
+                           const std::optional<at::Tensor>& residual_zero_point, std::optional<double> clamp_min,
+                           std::optional<double> clamp_max, const std::optional<at::Tensor>& output_scale,
+                           const std::optional<at::Tensor>& output_zero_point) {
+  ConvArgs a{};
+  TORCH_CHECK(input.defined(), "q8.", op, ": input must be a defined tensor");
+  const auto dt = input.scalar_type();
+  TORCH_CHECK(dt == at::kFloat || dt == at::kHalf || dt == at::kBFloat16 || dt == at::kByte, "q8.", op,
+              ": input must be float32, float16, bfloat16 or uint8 (codes, activation='static'), got ", dt);
+  TORCH_CHECK(input.dim() == 4, "q8.", op, ": input must be 4-D [N, C, H, W], got shape ", input.sym_sizes());
+  check_packed_container(op, packed_weight);
+  check_same_device(op, input, "input", packed_weight, "packed_weight");
+  TORCH_CHECK(weight_scale.defined(), "q8.", op, ": weight_scale must be a defined tensor");
+  TORCH_CHECK(weight_scale.scalar_type() == at::kFloat && weight_scale.dim() == 1, "q8.", op,
+              ": weight_scale must be a 1-D float32 tensor [out_channels], got ", weight_scale.scalar_type(),
+              " of shape ", weight_scale.sym_sizes());
+  check_same_device(op, input, "input", weight_scale, "weight_scale");
+  check_conv_kernel_size(op, kernel_size);
+  check_pair(op, stride, "stride", 1);
+  check_pair(op, padding, "padding", 0);
+  check_pair(op, dilation, "dilation", 1);
+  TORCH_CHECK(groups >= 1, "q8.", op, ": groups must be positive, got ", groups);
+  const c10::SymInt C = input.sym_size(1);
+  const c10::SymInt OC = weight_scale.sym_size(0);
+  TORCH_CHECK(C % groups == 0, "q8.", op, ": input channels (input.size(1) = ", C, ") must be divisible by groups = ",
+              groups);
+  TORCH_CHECK(C >= groups, "q8.", op, ": input must have at least groups = ", groups,
+              " channels (input.size(1)), got ", C);
+  TORCH_CHECK(OC % groups == 0, "q8.", op, ": out_channels (weight_scale.size(0) = ", OC,
+              ") must be divisible by groups = ", groups);
+  if (bias.has_value()) {
+    const auto& b = *bias;
+    TORCH_CHECK(b.scalar_type() == at::kFloat || (dt != at::kByte && b.scalar_type() == dt), "q8.", op,
+                ": bias must be float32 or the input's float dtype, got ", b.scalar_type());
+    TORCH_CHECK(b.dim() == 1 && b.sym_size(0) == OC, "q8.", op, ": bias must be 1-D with out_channels = ", OC,
+                " elements, got shape ", b.sym_sizes());
+    check_same_device(op, input, "input", b, "bias");
+  }
+  if (activation == "dynamic") {
+    a.mode = ConvMode::Dynamic;
+  } else if (activation == "static") {
+    a.mode = ConvMode::Static;
+  } else {
+    TORCH_CHECK(false, "q8.", op, ": activation must be 'dynamic' or 'static', got '", std::string(activation),
+                "' (weight-only convolution is q8.nn.Int8Conv2d's dequantize + F.conv2d)");
+  }
+  a.uint8_input = dt == at::kByte;
+  if (a.mode == ConvMode::Static) {
+    TORCH_CHECK(input_scale.has_value() && input_zero_point.has_value(), "q8.", op,
+                ": activation='static' needs the calibrated input_scale and input_zero_point, got ",
+                input_scale.has_value() ? "input_scale only"
+                                        : (input_zero_point.has_value() ? "input_zero_point only" : "neither"));
+    check_one_element(op, input, *input_scale, "input_scale", true);
+    check_one_element(op, input, *input_zero_point, "input_zero_point", false);
+  } else {
+    TORCH_CHECK(!a.uint8_input, "q8.", op,
+                ": a uint8 input holds codes and needs activation='static' with input_scale and input_zero_point");
+    TORCH_CHECK(!input_scale.has_value() && !input_zero_point.has_value(), "q8.", op,
+                ": input_scale and input_zero_point are only used with activation='static', got them with '",
+                std::string(activation), "'");
+  }
+  // Geometry (as torch: floor division of a non-negative numerator).
+  const c10::SymInt H = input.sym_size(2), W = input.sym_size(3);
+  const int64_t kh = kernel_size[0], kw = kernel_size[1];
+  const c10::SymInt eff_h = H + 2 * padding[0] - dilation[0] * (kh - 1) - 1;
+  const c10::SymInt eff_w = W + 2 * padding[1] - dilation[1] * (kw - 1) - 1;
+  TORCH_CHECK(eff_h >= 0 && eff_w >= 0, "q8.", op, ": the padded input (", H, " x ", W, " + padding ", padding,
+              ") is smaller than the dilated kernel (kernel_size ", kernel_size, ", dilation ", dilation, ")");
+  const c10::SymInt OH = eff_h / stride[0] + 1;
+  const c10::SymInt OW = eff_w / stride[1] + 1;
+  if (residual.has_value()) {
+    const auto& r = *residual;
+    const auto rdt = r.scalar_type();
+    TORCH_CHECK(rdt == at::kFloat || rdt == at::kHalf || rdt == at::kBFloat16 || rdt == at::kByte, "q8.", op,
+                ": residual must be float32, float16, bfloat16 or uint8, got ", rdt);
+    check_same_device(op, input, "input", r, "residual");
+    const std::vector<c10::SymInt> want{input.sym_size(0), OC, OH, OW};
+    TORCH_CHECK(r.dim() == 4 && r.sym_sizes() == c10::SymIntArrayRef(want), "q8.", op,
+                ": residual must have the output's shape [N, OC, OH, OW] = ", c10::SymIntArrayRef(want), ", got ",
+                r.sym_sizes());
+    a.uint8_residual = rdt == at::kByte;
+    if (a.uint8_residual) {
+      TORCH_CHECK(residual_scale.has_value() && residual_zero_point.has_value(), "q8.", op,
+                  ": a uint8 residual needs residual_scale and residual_zero_point");
+    } else {
+      TORCH_CHECK(!residual_scale.has_value() && !residual_zero_point.has_value(), "q8.", op,
+                  ": residual_scale / residual_zero_point are only used with a uint8 residual, got a ", rdt,
+                  " residual");
+    }
+  } else {
+    TORCH_CHECK(!residual_scale.has_value() && !residual_zero_point.has_value(), "q8.", op,
+                ": residual_scale / residual_zero_point given without a residual");
+  }
+  if (residual_scale.has_value()) {
+    check_one_element(op, input, *residual_scale, "residual_scale", true);
+  }
+  if (residual_zero_point.has_value()) {
+    check_one_element(op, input, *residual_zero_point, "residual_zero_point", false);
+  }
+  TORCH_CHECK(!clamp_min.has_value() || !std::isnan(*clamp_min), "q8.", op, ": clamp_min must not be NaN");
+  TORCH_CHECK(!clamp_max.has_value() || !std::isnan(*clamp_max), "q8.", op, ": clamp_max must not be NaN");
+  TORCH_CHECK(!clamp_min.has_value() || !clamp_max.has_value() || *clamp_min <= *clamp_max, "q8.", op,
+              ": clamp_min must be <= clamp_max, got ", *clamp_min, " and ", *clamp_max);
+  TORCH_CHECK(output_scale.has_value() == output_zero_point.has_value(), "q8.", op,
+              ": output_scale and output_zero_point must be given together (uint8 output) or not at all, got ",
+              output_scale.has_value() ? "output_scale only" : "output_zero_point only");
+  a.uint8_output = output_scale.has_value();
+  if (a.uint8_output) {
+    check_one_element(op, input, *output_scale, "output_scale", true);
+    check_one_element(op, input, *output_zero_point, "output_zero_point", false);
+  }
+  a.n = sym_hint(input.sym_size(0));
+  a.c = sym_hint(C);
+  a.h = sym_hint(H);
+  a.w = sym_hint(W);
+  a.oc = sym_hint(OC);
+  a.oh = sym_hint(OH);
+  a.ow = sym_hint(OW);
+  a.kh = kh;
+  a.kw = kw;
+  a.sh = stride[0];
+  a.sw = stride[1];
+  a.ph = padding[0];
+  a.pw = padding[1];
+  a.dh = dilation[0];
+  a.dw = dilation[1];
+  a.groups = groups;
+  a.sym_oh = OH;
+  a.sym_ow = OW;
+  return a;
+}
+
+void check_pack_conv_weight_args(const char* op, const at::Tensor& weight_int8, int64_t groups) {
+  TORCH_CHECK(weight_int8.defined(), "q8.", op, ": weight_int8 must be a defined tensor");
+  TORCH_CHECK(weight_int8.scalar_type() == at::kChar, "q8.", op, ": weight_int8 must be int8, got ",
+              weight_int8.scalar_type());
+  TORCH_CHECK(weight_int8.dim() == 4, "q8.", op, ": weight_int8 must be 4-D [out_channels, in_channels / groups, ",
+              "kernel_h, kernel_w], got shape ", weight_int8.sym_sizes());
+  TORCH_CHECK(groups >= 1, "q8.", op, ": groups must be positive, got ", groups);
+  const auto OC = weight_int8.sym_size(0);
+  TORCH_CHECK(OC % groups == 0, "q8.", op, ": out_channels (weight_int8.size(0) = ", OC,
+              ") must be divisible by groups = ", groups);
+  TORCH_CHECK(weight_int8.sym_size(1) >= 1 && weight_int8.sym_size(2) >= 1 && weight_int8.sym_size(3) >= 1, "q8.",
+              op, ": weight_int8 must have at least one input channel and a kernel of at least 1 x 1, got shape ",
+              weight_int8.sym_sizes());
+  TORCH_CHECK(weight_int8.sym_size(2) <= 65535 && weight_int8.sym_size(3) <= 65535, "q8.", op,
+              ": kernel_size must be at most 65535 per dimension, got shape ", weight_int8.sym_sizes());
+  const auto cg4 = (weight_int8.sym_size(1) + 3) / 4 * 4;
+  TORCH_CHECK(cg4 * weight_int8.sym_size(2) * weight_int8.sym_size(3) <= kMaxPackedK, "q8.", op,
+              ": in_channels / groups * kernel_h * kernel_w must be at most ", kMaxPackedK,
+              " (weight sums are int32), got shape ", weight_int8.sym_sizes());
+  TORCH_CHECK(OC < (int64_t{1} << 31) && groups < (int64_t{1} << 31) && weight_int8.sym_size(1) < (int64_t{1} << 31),
+              "q8.", op, ": sizes must be below 2^31, got shape ", weight_int8.sym_sizes());
+}
+
+void check_unpack_conv_weight_args(const char* op, const at::Tensor& packed_weight, const c10::SymInt& out_channels,
+                                   const c10::SymInt& in_channels_per_group, at::IntArrayRef kernel_size,
+                                   int64_t groups) {
+  check_packed_container(op, packed_weight);
+  TORCH_CHECK(out_channels >= 0, "q8.", op, ": out_channels must be >= 0, got ", out_channels);
+  TORCH_CHECK(in_channels_per_group >= 1, "q8.", op, ": in_channels_per_group must be >= 1, got ",
+              in_channels_per_group);
+  check_conv_kernel_size(op, kernel_size);
+  TORCH_CHECK(groups >= 1, "q8.", op, ": groups must be positive, got ", groups);
+  TORCH_CHECK(out_channels % groups == 0, "q8.", op, ": out_channels (", out_channels,
+              ") must be divisible by groups = ", groups);
+}
+
+} // namespace q8::detail

@@ -238,3 +238,54 @@ c10::SymInt embedding_bag_num_bags(const at::Tensor& indices, const std::optiona
                                    bool include_last_offset);
 
 } // namespace q8::detail
+
+namespace q8::detail {
+
+// The activation modes of q8.conv2d.
+enum class ConvMode { Dynamic, Static };
+
+// Everything q8.conv2d checks before touching data, and the geometry it implies.
+struct ConvArgs {
+  ConvMode mode;
+  int64_t n, c, h, w;         // input [N, C, H, W]
+  int64_t oc, oh, ow;         // output [N, OC, OH, OW]
+  int64_t kh, kw, sh, sw, ph, pw, dh, dw, groups;
+  bool uint8_input;           // input holds uint8 codes (static mode)
+  bool uint8_residual;        // residual holds uint8 codes (residual_scale / _zero_point given)
+  bool uint8_output;          // output_scale / output_zero_point given
+  // Added by the CPU implementation: the output size as SymInts (the int64 fields
+  // above hold -1 for a symbolic size, e.g. in the meta kernel under dynamic shapes).
+  c10::SymInt sym_oh, sym_ow;
+};
+
+// conv2d: input float32 / float16 / bfloat16 or uint8 (static mode only), 4-D
+// [N, C, H, W] with C = in_channels_per_group * groups; weight_scale float32 [OC];
+// bias [OC]; kernel_size, stride, dilation positive and padding non-negative (2
+// values each); groups positive, dividing C and OC; activation "dynamic" or "static"
+// (input_scale float32 and input_zero_point int32 / int64, one element each, given
+// exactly in static mode); residual [N, OC, OH, OW] float or uint8 (then with
+// residual_scale / residual_zero_point); clamp_min <= clamp_max, not NaN;
+// output_scale / output_zero_point both or neither; everything on input's device.
+// packed_weight's container only (its header is checked by the device kernel).
+ConvArgs check_conv2d_args(const char* op, const at::Tensor& input, const at::Tensor& packed_weight,
+                           const at::Tensor& weight_scale, const std::optional<at::Tensor>& bias,
+                           at::IntArrayRef kernel_size, at::IntArrayRef stride, at::IntArrayRef padding,
+                           at::IntArrayRef dilation, int64_t groups, c10::string_view activation,
+                           const std::optional<at::Tensor>& input_scale,
+                           const std::optional<at::Tensor>& input_zero_point,
+                           const std::optional<at::Tensor>& residual, const std::optional<at::Tensor>& residual_scale,
+                           const std::optional<at::Tensor>& residual_zero_point, std::optional<double> clamp_min,
+                           std::optional<double> clamp_max, const std::optional<at::Tensor>& output_scale,
+                           const std::optional<at::Tensor>& output_zero_point);
+
+// pack_conv_weight: int8 [OC, C / groups, KH, KW], groups >= 1 dividing OC, sizes
+// within the packed format's limits.
+void check_pack_conv_weight_args(const char* op, const at::Tensor& weight_int8, int64_t groups);
+
+// unpack_conv_weight: the container (1-D uint8) and the sizes (non-negative, groups
+// dividing out_channels).
+void check_unpack_conv_weight_args(const char* op, const at::Tensor& packed_weight, const c10::SymInt& out_channels,
+                                   const c10::SymInt& in_channels_per_group, at::IntArrayRef kernel_size,
+                                   int64_t groups);
+
+} // namespace q8::detail

@@ -133,6 +133,50 @@ Q8_API at::Tensor linear_grad_input(
     int64_t in_features);
 
 // ---------------------------------------------------------------------------
+// Int8 convolution (docs/conv.md)
+// ---------------------------------------------------------------------------
+// The device's packed layout of a canonical conv weight, int8 [OC, C / groups, KH, KW]
+// (symmetric per output channel: quantize_weight(weight.reshape(OC, -1)) reshaped).
+Q8_API at::Tensor pack_conv_weight(const at::Tensor& weight_int8, int64_t groups);
+
+// The exact canonical weight of a packed one (every size must match its header).
+Q8_API at::Tensor unpack_conv_weight(const at::Tensor& packed_weight, int64_t out_channels,
+                                     int64_t in_channels_per_group, at::IntArrayRef kernel_size, int64_t groups);
+
+// The fused int8 2-D convolution, [N, C, H, W] -> [N, OC, OH, OW] (channels_last):
+//   acc = sum over the receptive field of (xq - zp_x) * weight_int8 (exact int32;
+//         zero padding reads zp_x, i.e. float 0),
+//   y   = float(acc) * (sx * weight_scale[o]) + bias[o] (+ residual), then clamped to
+//         [clamp_min, clamp_max] (NaN stays NaN),
+//   out = y (float32, or input's float dtype), or, with output_scale / output_zero_point,
+//         uint8 clamp(nearbyint(y * (1 / output_scale)) + output_zero_point, 0, 255).
+// activation "dynamic": float input, uint8 qparams per sample from its min / max;
+// "static": input_scale / input_zero_point given; a float input is quantized with
+// them, a uint8 input holds the codes. residual: [N, OC, OH, OW], float, or uint8
+// with residual_scale / residual_zero_point. A sample whose float input holds NaN or
+// Inf gives NaN outputs (float output) or output_zero_point (uint8 output).
+Q8_API at::Tensor conv2d(
+    const at::Tensor& input,
+    const at::Tensor& packed_weight,
+    const at::Tensor& weight_scale,
+    const std::optional<at::Tensor>& bias,
+    at::IntArrayRef kernel_size,
+    at::IntArrayRef stride = {1, 1},
+    at::IntArrayRef padding = {0, 0},
+    at::IntArrayRef dilation = {1, 1},
+    int64_t groups = 1,
+    c10::string_view activation = "dynamic",
+    const std::optional<at::Tensor>& input_scale = std::nullopt,
+    const std::optional<at::Tensor>& input_zero_point = std::nullopt,
+    const std::optional<at::Tensor>& residual = std::nullopt,
+    const std::optional<at::Tensor>& residual_scale = std::nullopt,
+    const std::optional<at::Tensor>& residual_zero_point = std::nullopt,
+    std::optional<double> clamp_min = std::nullopt,
+    std::optional<double> clamp_max = std::nullopt,
+    const std::optional<at::Tensor>& output_scale = std::nullopt,
+    const std::optional<at::Tensor>& output_zero_point = std::nullopt);
+
+// ---------------------------------------------------------------------------
 // Int8 embeddings
 // ---------------------------------------------------------------------------
 // A table in the canonical form of quantize_weight: weight_int8 int8

@@ -43,6 +43,9 @@ __all__ = [
     "histogram_qparams",
     "embedding",
     "embedding_bag",
+    "pack_conv_weight",
+    "unpack_conv_weight",
+    "conv2d",
 ]
 
 
@@ -398,3 +401,114 @@ def embedding_bag(
     """
     return torch.ops.q8.embedding_bag(weight_int8, weight_scale, indices, offsets, mode, per_sample_weights,
                                       include_last_offset, padding_idx, dtype)
+
+
+def _pair(v) -> List[int]:
+    return [int(v), int(v)] if isinstance(v, int) else [int(e) for e in v]
+
+
+def pack_conv_weight(weight_int8: Tensor, groups: int = 1) -> Tensor:
+    """Pack a canonical int8 conv weight ``[OC, C / groups, KH, KW]`` for its device's conv kernels.
+
+    A plain 1-D uint8 tensor with a self-describing header (csrc/ops/conv_packed.h), rebuilt from the
+    canonical form and never saved; :func:`unpack_conv_weight` inverts it exactly. On the CPU a depthwise
+    weight (one input channel per group, ``OC == groups``) gets the depthwise layout, any other one a
+    linear packed block per group over the channels-last im2col order.
+    """
+    return torch.ops.q8.pack_conv_weight(weight_int8, groups)
+
+
+def unpack_conv_weight(packed_weight: Tensor, out_channels: int, in_channels_per_group: int, kernel_size,
+                       groups: int = 1) -> Tensor:
+    """The canonical int8 weight ``[OC, C / groups, KH, KW]`` of a packed conv weight (exact; verifies every byte)."""
+    return torch.ops.q8.unpack_conv_weight(packed_weight, out_channels, in_channels_per_group, _pair(kernel_size),
+                                           groups)
+
+
+def conv2d(
+    input: Tensor,
+    packed_weight: Tensor,
+    weight_scale: Tensor,
+    bias: Optional[Tensor],
+    kernel_size,
+    stride=1,
+    padding=0,
+    dilation=1,
+    groups: int = 1,
+    activation: str = "dynamic",
+    input_scale: Optional[Tensor] = None,
+    input_zero_point: Optional[Tensor] = None,
+    residual: Optional[Tensor] = None,
+    residual_scale: Optional[Tensor] = None,
+    residual_zero_point: Optional[Tensor] = None,
+    clamp_min: Optional[float] = None,
+    clamp_max: Optional[float] = None,
+    output_scale: Optional[Tensor] = None,
+    output_zero_point: Optional[Tensor] = None,
+) -> Tensor:
+    """The fused int8 2-D convolution ``[N, C, H, W] -> [N, OC, OH, OW]`` (channels_last output; docs/conv.md).
+
+    ``acc = sum (xq - zp) * weight_int8`` exactly in integers (zero padding reads the input zero point), then in
+    float32, in this order: ``y = float(acc) * (sx * weight_scale[o])``, ``+ bias[o]``, ``+ residual`` (float, or
+    uint8 ``(r - residual_zero_point) * residual_scale``), ``clamp_min`` / ``clamp_max`` (NaN stays NaN). The output is
+    float (the input's float dtype; float32 for a uint8 input) or, with ``output_scale`` / ``output_zero_point``, uint8
+    ``clamp(nearbyint(y / output_scale) + output_zero_point, 0, 255)``.
+
+    ``activation="dynamic"``: per-sample uint8 qparams from the sample's min / max; ``"static"``: the given
+    ``input_scale`` / ``input_zero_point`` (a uint8 input holds the codes). A sample whose float input holds NaN or
+    +-Inf gives NaN (or ``output_zero_point``). Inference only: no gradient flows through it.
+    """
+    return torch.ops.q8.conv2d(input, packed_weight, weight_scale, bias, _pair(kernel_size), _pair(stride),
+                               _pair(padding), _pair(dilation), groups, activation, input_scale, input_zero_point,
+                               residual, residual_scale, residual_zero_point, clamp_min, clamp_max, output_scale,
+                               output_zero_point)
+
+
+# --- fake kernel of pack_conv_weight (its size depends on the device's layout) ---
+_MAX_CONV_K = (1 << 24) - 1
+
+
+def _conv_packed_size_cpu(oc: int, cg: int, kh: int, kw: int, groups: int) -> int:
+    """Bytes of the CPU ``pack_conv_weight`` output (csrc/ops/cpu/conv.cpp)."""
+    def cdiv(a, b):
+        return (a + b - 1) // b
+
+    if cg == 1 and oc == groups:  # Depthwise: header, int8 [KH*KW][ldw], int32 [ldw]
+        ldw = cdiv(max(oc, 1), 64) * 64
+        return 64 + kh * kw * ldw + 4 * ldw
+    k = kh * kw * cdiv(cg, 4) * 4
+    panels, kgroups = cdiv(oc // groups, 16), cdiv(k, 4)
+    block = cdiv(64 + panels * kgroups * 64 + panels * 64, 64) * 64
+    return 64 + groups * block
+
+
+def _conv_packed_size_cuda(oc: int, cg: int, kh: int, kw: int, groups: int) -> int:
+    """Bytes of the CUDA ``pack_conv_weight`` output (the layout at the top of cuda/conv.cu)."""
+    def rup(a, b):
+        return (a + b - 1) // b * b
+
+    if cg == 1 and oc == groups:  # Depthwise: header, int8 [KH*KW][ldw] (64-aligned end), int32 [ldw]
+        ldw = rup(oc, 64)
+        return 64 + rup(kh * kw * ldw, 64) + 4 * ldw
+    ocg16, k16 = rup(oc // groups, 16), rup(kh * kw * cg, 16)  # GemmBlocks
+    return 64 + groups * rup(ocg16 * k16 + 4 * ocg16, 64)
+
+
+# Per device type: f(oc, cg, kh, kw, groups) -> bytes.
+conv_packed_size = {"cpu": _conv_packed_size_cpu, "cuda": _conv_packed_size_cuda}
+
+
+@torch.library.register_fake("q8::pack_conv_weight")
+def _pack_conv_weight_fake(weight_int8, groups):
+    torch._check(weight_int8.dtype == torch.int8,
+                 lambda: f"q8.pack_conv_weight: weight_int8 must be int8, got {weight_int8.dtype}")
+    torch._check(weight_int8.dim() == 4, lambda: "q8.pack_conv_weight: weight_int8 must be 4-D "
+                 f"[out_channels, in_channels / groups, kernel_h, kernel_w], got shape {list(weight_int8.shape)}")
+    torch._check(groups >= 1, lambda: f"q8.pack_conv_weight: groups must be positive, got {groups}")
+    oc, cg, kh, kw = weight_int8.shape
+    torch._check(oc % groups == 0,
+                 lambda: f"q8.pack_conv_weight: out_channels ({oc}) must be divisible by groups = {groups}")
+    size_fn = conv_packed_size.get(weight_int8.device.type)
+    torch._check(size_fn is not None,
+                 lambda: f"q8.pack_conv_weight: no fake kernel for device type {weight_int8.device.type}")
+    return weight_int8.new_empty((size_fn(oc, cg, kh, kw, groups),), dtype=torch.uint8)

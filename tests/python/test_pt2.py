@@ -125,6 +125,34 @@ def sample_inputs(device, requires_grad):
                                      torch.rand(8, device=device), False, None, None)),
         (OPS.embedding_bag.default, (e8, es, eidx.view(2, 4), None, "max", None, False, 1, None)),
     ]
+    # Int8 convolution (inference ops: backward raises, so no requires_grad samples; the full
+    # set of cases is in test_conv_op.py).
+    c8 = torch.randint(-127, 128, (8, 6, 3, 3), dtype=torch.int8, device=device)
+    cs = torch.rand(8, device=device) * 0.01 + 0.001
+    cpk = OPS.pack_conv_weight(c8, 1)
+    d8 = torch.randint(-127, 128, (6, 1, 3, 3), dtype=torch.int8, device=device)
+    dpk = OPS.pack_conv_weight(d8, 6)
+    t_ = lambda v, dt=torch.float32: torch.tensor(v, dtype=dt, device=device)  # noqa: E731
+    cx = torch.randn(2, 6, 7, 5, device=device)
+    samples += [
+        (OPS.pack_conv_weight.default, (c8, 1)),
+        (OPS.pack_conv_weight.default, (c8[:, :3, :1, :2], 2)),
+        (OPS.pack_conv_weight.default, (d8, 6)),
+        (OPS.unpack_conv_weight.default, (cpk, 8, 6, [3, 3], 1)),
+        (OPS.unpack_conv_weight.default, (dpk, 6, 1, [3, 3], 6)),
+        (OPS.conv2d.default, (cx, cpk, cs, torch.randn(8, device=device), [3, 3], [1, 1], [1, 1], [1, 1], 1,
+                              "dynamic", None, None, None, None, None, 0.0, None, None, None)),
+        (OPS.conv2d.default, (cx.to(torch.bfloat16).contiguous(memory_format=torch.channels_last), cpk, cs, None,
+                              [3, 3], [2, 1], [0, 1], [1, 2], 1, "dynamic", None, None, None, None, None, None, None,
+                              None, None)),
+        (OPS.conv2d.default, (torch.randint(0, 256, (2, 6, 7, 5), dtype=torch.uint8, device=device), cpk, cs, None,
+                              [3, 3], [1, 1], [1, 1], [1, 1], 1, "static", t_(0.05), t_(3, torch.int32),
+                              torch.randint(0, 256, (2, 8, 7, 5), dtype=torch.uint8, device=device), t_(0.1),
+                              t_(128, torch.int64), 0.0, 6.0, t_(0.04), t_(0, torch.int32))),
+        (OPS.conv2d.default, (cx, dpk, cs[:6], None, [3, 3], [1, 1], [1, 1], [1, 1], 6, "static", t_(0.05),
+                              t_(128, torch.int32), torch.randn(2, 6, 7, 5, device=device), None, None, None, None,
+                              None, None)),
+    ]
     return samples
 
 
@@ -153,7 +181,8 @@ def test_ops_carry_pt2_compliant_tag():
                  "_fake_quantize_cachemask", "_fake_quantize_mask_backward", "_fake_quantize_learnable_backward",
                  "quantize_weight", "pack_weight", "unpack_weight", "int8_mm", "linear", "linear_grad_input",
                  "observe_fake_quantize",
-                 "histogram_observe", "histogram_qparams", "embedding", "embedding_bag"]:
+                 "histogram_observe", "histogram_qparams", "embedding", "embedding_bag",
+                 "pack_conv_weight", "unpack_conv_weight", "conv2d"]:
         assert torch.Tag.pt2_compliant_tag in getattr(OPS, name).default.tags, name
 
 

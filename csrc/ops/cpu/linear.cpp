@@ -26,21 +26,6 @@ using detail::LinearMode;
 using detail::PackedView;
 namespace gemm = q8::cpu::gemm;
 
-const gemm::GemmKernels& gemm_kernels() {
-  switch (active_isa()) {
-    case Isa::AVX512_VNNI:
-      return gemm::gemm_avx512_vnni();
-    case Isa::AVX_VNNI:
-      return gemm::gemm_avx_vnni();
-    case Isa::AVX512:
-    case Isa::AVX2:
-      return gemm::gemm_avx2();
-    case Isa::DEFAULT:
-      break;
-  }
-  return gemm::gemm_default();
-}
-
 int64_t ceil_div(int64_t a, int64_t b) {
   return (a + b - 1) / b;
 }
@@ -295,7 +280,7 @@ at::Tensor int8_mm_cpu(const at::Tensor& input, const at::Tensor& packed, c10::S
   const auto a = panels_from_uint8(x, w.groups);
   int64_t* yp = out.mutable_data_ptr<int64_t>();
   const Int8Gemm g{&w, m, a.const_data_ptr<uint8_t>()};
-  run_int8_gemm(gemm_kernels(), g, [&](int64_t row0, int mr, int64_t col0, int ncols, const int32_t* c32,
+  run_int8_gemm(gemm::active_kernels(), g, [&](int64_t row0, int mr, int64_t col0, int ncols, const int32_t* c32,
                                        const int64_t* c64) {
     for (int r = 0; r < mr; ++r) {
       for (int j = 0; j < ncols; ++j) {
@@ -313,7 +298,7 @@ at::Tensor int8_mm_cpu(const at::Tensor& input, const at::Tensor& packed, c10::S
 at::Tensor linear_int8(const at::Tensor& x2, const PackedView& w, const float* sw, const float* bias, LinearMode mode,
                        const std::optional<at::Tensor>& input_scale, const std::optional<at::Tensor>& input_zero_point,
                        const char* op) {
-  const auto& kern = gemm_kernels();
+  const auto& kern = gemm::active_kernels();
   const int64_t m = x2.size(0), k = x2.size(1), n = w.header.n;
   const int64_t groups = w.groups;
   const int64_t mpanels = ceil_div(m, gemm::kRows);
@@ -424,7 +409,7 @@ float* thread_buffer(int64_t elements) {
 // a per-thread buffer and calls BLAS per block was measured slower than this one
 // at every M from 1 to 512 on the 2-core dev machine; see docs/training.md.)
 at::Tensor linear_weight_only(const at::Tensor& x2, const PackedView& w, const float* sw, const float* bias) {
-  const auto& kern = gemm_kernels();
+  const auto& kern = gemm::active_kernels();
   const int64_t m = x2.size(0), k = x2.size(1), n = w.header.n;
   const int64_t groups = w.groups;
   auto y = at::empty({m, n}, x2.options().dtype(at::kFloat));
@@ -496,7 +481,7 @@ at::Tensor linear_grad_input_cpu(const at::Tensor& grad_output, const at::Tensor
   }
   auto gi = at::zeros({m, k}, grad_output.options().dtype(at::kFloat));
   if (m > 0 && n > 0 && k > 0) {
-    const auto& kern = gemm_kernels();
+    const auto& kern = gemm::active_kernels();
     const auto go = grad_output.reshape({m, n}).to(at::kFloat).contiguous();
     const auto sw = weight_scale.contiguous();
     const auto scales = padded_scales(w, sw.const_data_ptr<float>());
@@ -575,5 +560,24 @@ TORCH_LIBRARY_IMPL(q8, CPU, m) {
   m.impl("linear", &linear_cpu);
   m.impl("linear_grad_input", &linear_grad_input_cpu);
 }
+
+namespace gemm {
+
+const GemmKernels& active_kernels() {
+  switch (active_isa()) {
+    case Isa::AVX512_VNNI:
+      return gemm_avx512_vnni();
+    case Isa::AVX_VNNI:
+      return gemm_avx_vnni();
+    case Isa::AVX512:
+    case Isa::AVX2:
+      return gemm_avx2();
+    case Isa::DEFAULT:
+      break;
+  }
+  return gemm_default();
+}
+
+} // namespace gemm
 
 } // namespace q8::cpu

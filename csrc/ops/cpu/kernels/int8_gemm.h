@@ -71,6 +71,10 @@ const GemmKernels& gemm_default();
 const GemmKernels& gemm_avx2();
 const GemmKernels& gemm_avx_vnni();
 const GemmKernels& gemm_avx512_vnni();
+// The table for the active ISA family (cpu/isa.h): AVX512_VNNI -> avx512_vnni,
+// AVX_VNNI -> avx_vnni, AVX512 and AVX2 -> avx2, DEFAULT -> default. Used by the
+// linear and the convolution kernels alike (defined in cpu/linear.cpp).
+const GemmKernels& active_kernels();
 
 // Single-thread peak of one instruction ("vpdpbusd512", "vpdpbusd256", "fma512",
 // "fma256") in GOP/s (a multiply-add counts 2), measured for about `ms`

@@ -1,0 +1,1102 @@
+// CPU kernels of the int8 convolution family (schemas in ../conv.cpp; design in
+// docs/conv.md): weight packing (conv_packed.h), unpacking, and the fused int8
+// conv2d over a uint8 NHWC copy of the input:
+//  - GEMM path (any groups, any kernel): implicit GEMM. Each task builds the
+//    6-row activation panels of int8_gemm.h for a chunk of output pixels straight
+//    from the NHWC input (im2col into the panel layout; padding reads the input
+//    zero point), then runs the ISA's int8 tile kernel over every 64-column block
+//    of the group's packed weight, reusing the chunk across the blocks. No im2col
+//    buffer is ever materialized.
+//  - Depthwise path (one input channel per group, out_channels == groups): the
+//    depthwise accumulation table (kernels/conv_depthwise.h) per output row.
+//  - One scalar epilogue for both (this file is compiled with -ffp-contract=off,
+//    so its float operations are the same on every ISA): integers are exact on
+//    every path, hence the outputs are bit-identical on every ISA.
+#include <algorithm>
+#include <cfloat>
+#include <atomic>
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <memory>
+#include <type_traits>
+#include <vector>
+
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#endif
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <immintrin.h>
+#endif
+
+#include <q8/q8.h>
+
+#include "../checks.h"
+#include "../conv_packed.h"
+#include "../packed_weight.h"
+#include "../qparams_math.h"
+#include "isa.h"
+#include "kernels/conv_depthwise.h"
+#include "kernels/int8_gemm.h"
+
+namespace q8::cpu {
+namespace {
+
+namespace gemm = q8::cpu::gemm;
+using detail::ConvArgs;
+using detail::ConvMode;
+using detail::ConvPackedHeader;
+using detail::ConvPackKind;
+
+const conv::DepthwiseKernels& depthwise_kernels() {
+  switch (active_isa()) {
+    case Isa::AVX512_VNNI:
+    case Isa::AVX512:
+      return conv::depthwise_avx512();
+    case Isa::AVX_VNNI:
+    case Isa::AVX2:
+      return conv::depthwise_avx2();
+    case Isa::DEFAULT:
+      break;
+  }
+  return conv::depthwise_default();
+}
+
+int64_t ceil_div(int64_t a, int64_t b) {
+  return (a + b - 1) / b;
+}
+
+void check_cpu(const char* op, const at::Tensor& t, const char* name) {
+  TORCH_CHECK(t.device().is_cpu(), "q8.", op, ": ", name, " must be a CPU tensor for the CPU kernel, got ", t.device());
+}
+
+// ---------------------------------------------------------------------------
+// Packed layout (conv_packed.h), CPU flavour
+// ---------------------------------------------------------------------------
+// GemmBlocks: block g is a complete CPU linear packed weight (its own PackedHeader
+// and row sums) of [OC / groups, KH * KW * cg4]; block_bytes its size (a multiple
+// of 64). Depthwise: int8 [KH * KW][ldw] at 64, int32 sums [ldw] at the absolute
+// byte offset wsum_offset (= 64 + KH * KW * ldw, a multiple of 64).
+// Checksum: the conv header (checksum field 0) then, GemmBlocks, every block's
+// 64-byte linear header (each block's own checksum covers its row sums), or,
+// Depthwise, the int32 sums.
+int64_t round_up(int64_t a, int64_t b) {
+  return ceil_div(a, b) * b;
+}
+
+uint64_t conv_checksum(const ConvPackedHeader& header, const uint8_t* base) {
+  ConvPackedHeader h = header;
+  h.checksum = 0;
+  uint64_t acc = 0x3C6EF372FE94F82Bull;
+  auto mix = [&acc](uint64_t w) {
+    acc ^= w;
+    acc *= 0x9E3779B97F4A7C15ull;
+    acc ^= acc >> 29;
+  };
+  auto mix_bytes = [&mix](const uint8_t* p, int64_t bytes) {
+    uint64_t w;
+    for (int64_t i = 0; i + 8 <= bytes; i += 8) {
+      std::memcpy(&w, p + i, 8);
+      mix(w);
+    }
+  };
+  mix_bytes(reinterpret_cast<const uint8_t*>(&h), sizeof(h));
+  if (h.kind == static_cast<uint32_t>(ConvPackKind::GemmBlocks)) {
+    for (int64_t g = 0; g < h.groups; ++g) {
+      mix_bytes(base + detail::kConvPackHeaderBytes + g * h.block_bytes, detail::kPackHeaderBytes);
+    }
+  } else {
+    mix_bytes(base + h.wsum_offset, h.block_bytes * 4);
+  }
+  return acc;
+}
+
+bool is_depthwise(int64_t oc, int64_t cg, int64_t groups) {
+  return cg == 1 && oc == groups;
+}
+
+struct ConvGeometrySizes {
+  int64_t k;            // KH * KW * cg4 (GemmBlocks)
+  int64_t cg4;
+  int64_t block_bytes;  // GemmBlocks: bytes per block; Depthwise: ldw
+  int64_t wsum_offset;  // Depthwise
+  int64_t total_bytes;
+};
+
+ConvGeometrySizes conv_sizes(bool depthwise, int64_t oc, int64_t cg, int64_t kh, int64_t kw, int64_t groups) {
+  ConvGeometrySizes s{};
+  s.cg4 = round_up(cg, 4);
+  s.k = kh * kw * s.cg4;
+  if (depthwise) {
+    s.block_bytes = round_up(std::max<int64_t>(oc, 1), 64);
+    s.wsum_offset = detail::kConvPackHeaderBytes + kh * kw * s.block_bytes;
+    s.total_bytes = s.wsum_offset + 4 * s.block_bytes;
+  } else {
+    s.block_bytes = round_up(detail::cpu_packed_sizes(oc / groups, s.k).total_bytes, 64);
+    s.wsum_offset = 0;
+    s.total_bytes = detail::kConvPackHeaderBytes + groups * s.block_bytes;
+  }
+  return s;
+}
+
+at::Tensor pack_conv_weight_cpu(const at::Tensor& weight_int8, int64_t groups) {
+  const char* op = "pack_conv_weight";
+  detail::check_pack_conv_weight_args(op, weight_int8, groups);
+  check_cpu(op, weight_int8, "weight_int8");
+  const auto w = weight_int8.contiguous();
+  const int64_t oc = w.size(0), cg = w.size(1), kh = w.size(2), kw = w.size(3);
+  const bool dw = is_depthwise(oc, cg, groups);
+  const ConvGeometrySizes s = conv_sizes(dw, oc, cg, kh, kw, groups);
+  auto out = at::zeros({s.total_bytes}, w.options().dtype(at::kByte));
+  uint8_t* base = out.mutable_data_ptr<uint8_t>();
+  ConvPackedHeader h{};
+  h.magic = detail::kConvPackMagic;
+  h.version = detail::kConvPackVersion;
+  h.layout = static_cast<uint32_t>(detail::ConvPackLayout::Cpu);
+  h.kind = static_cast<uint32_t>(dw ? ConvPackKind::Depthwise : ConvPackKind::GemmBlocks);
+  h.out_channels = static_cast<int32_t>(oc);
+  h.in_channels_per_group = static_cast<int32_t>(cg);
+  h.kernel_h = static_cast<int32_t>(kh);
+  h.kernel_w = static_cast<int32_t>(kw);
+  h.groups = static_cast<int32_t>(groups);
+  h.block_bytes = s.block_bytes;
+  h.wsum_offset = s.wsum_offset;
+  const int8_t* wp = w.const_data_ptr<int8_t>();
+  if (dw) {
+    int8_t* dst = reinterpret_cast<int8_t*>(base + detail::kConvPackHeaderBytes);
+    int32_t* sums = reinterpret_cast<int32_t*>(base + s.wsum_offset);
+    for (int64_t o = 0; o < oc; ++o) {
+      int32_t sum = 0;
+      for (int64_t t = 0; t < kh * kw; ++t) {
+        const int8_t v = wp[o * kh * kw + t];
+        dst[t * s.block_bytes + o] = v;
+        sum += v;
+      }
+      sums[o] = sum;
+    }
+  } else {
+    // [G, OCg, Cg, KH, KW] -> [G, OCg, KH, KW, cg4] (zero channels beyond Cg) -> [G, OCg, K]
+    const int64_t ocg = oc / groups;
+    auto wt = at::zeros({groups, ocg, kh, kw, s.cg4}, w.options());
+    wt.narrow(4, 0, cg).copy_(w.view({groups, ocg, cg, kh, kw}).permute({0, 1, 3, 4, 2}));
+    wt = wt.view({groups, ocg, s.k});
+    for (int64_t g = 0; g < groups; ++g) {
+      const auto block = q8::pack_weight(wt[g]);
+      TORCH_INTERNAL_ASSERT(block.numel() <= s.block_bytes);
+      std::memcpy(base + detail::kConvPackHeaderBytes + g * s.block_bytes, block.const_data_ptr<uint8_t>(),
+                  block.numel());
+    }
+  }
+  h.checksum = conv_checksum(h, base);
+  std::memcpy(base, &h, sizeof(h));
+  return out;
+}
+
+// A validated view of a CPU conv packed weight.
+struct ConvPackedView {
+  ConvPackedHeader h;
+  bool depthwise;
+  ConvGeometrySizes s;
+  const uint8_t* base;
+  std::vector<detail::PackedView> blocks;  // GemmBlocks
+  const int8_t* dw_weights;                // Depthwise [KH * KW][ldw]
+  const int32_t* dw_sums;                  // Depthwise [ldw]
+};
+
+// Checks the container, header, sizes and checksum against the expected geometry
+// (O(OC)); `what` names where the expected sizes come from.
+ConvPackedView conv_packed_for(const char* op, const at::Tensor& packed, int64_t oc, int64_t cg, int64_t kh,
+                               int64_t kw, int64_t groups, const char* what) {
+  detail::check_packed_container(op, packed);
+  check_cpu(op, packed, "packed_weight");
+  TORCH_CHECK(packed.is_contiguous(), "q8.", op, ": packed_weight must be contiguous");
+  const int64_t numel = packed.numel();
+  TORCH_CHECK(numel >= detail::kConvPackHeaderBytes, "q8.", op, ": packed_weight has ", numel,
+              " bytes, fewer than its 64-byte header: not a q8 packed conv weight (or truncated)");
+  const auto* base = packed.const_data_ptr<uint8_t>();
+  TORCH_CHECK(reinterpret_cast<uintptr_t>(base) % 4 == 0, "q8.", op,
+              ": packed_weight must start 4-byte aligned (use the tensor q8.pack_conv_weight returned)");
+  ConvPackedView v{};
+  std::memcpy(&v.h, base, sizeof(ConvPackedHeader));
+  const ConvPackedHeader& h = v.h;
+  TORCH_CHECK(h.magic == detail::kConvPackMagic, "q8.", op,
+              ": packed_weight does not start with the q8 packed-conv-weight magic: make it with q8.pack_conv_weight",
+              " (a linear weight from q8.pack_weight is not a conv weight)");
+  TORCH_CHECK(h.version == detail::kConvPackVersion, "q8.", op, ": packed_weight has format version ", h.version,
+              ", this q8 reads version ", detail::kConvPackVersion, ": repack with q8.pack_conv_weight");
+  TORCH_CHECK(h.layout == static_cast<uint32_t>(detail::ConvPackLayout::Cpu), "q8.", op,
+              ": packed_weight was packed for another device's layout (", h.layout,
+              "), this is the CPU kernel: repack the canonical weight on the CPU with q8.pack_conv_weight");
+  TORCH_CHECK(h.kind == static_cast<uint32_t>(ConvPackKind::GemmBlocks) ||
+                  h.kind == static_cast<uint32_t>(ConvPackKind::Depthwise),
+              "q8.", op, ": packed_weight header is corrupt (unknown kind ", h.kind, ")");
+  TORCH_CHECK(h.out_channels == oc && h.in_channels_per_group == cg && h.kernel_h == kh && h.kernel_w == kw &&
+                  h.groups == groups,
+              "q8.", op, ": packed_weight holds a [", h.out_channels, ", ", h.in_channels_per_group, ", ",
+              h.kernel_h, ", ", h.kernel_w, "] weight with groups=", h.groups, ", but ", what, " give [", oc, ", ",
+              cg, ", ", kh, ", ", kw, "] with groups=", groups);
+  v.depthwise = is_depthwise(oc, cg, groups);
+  TORCH_CHECK(h.kind == static_cast<uint32_t>(v.depthwise ? ConvPackKind::Depthwise : ConvPackKind::GemmBlocks),
+              "q8.", op, ": packed_weight header is corrupt (kind ", h.kind, " does not fit its geometry)");
+  v.s = conv_sizes(v.depthwise, oc, cg, kh, kw, groups);
+  TORCH_CHECK(h.block_bytes == v.s.block_bytes && h.wsum_offset == v.s.wsum_offset, "q8.", op,
+              ": packed_weight header is corrupt (offsets do not match its geometry)");
+  TORCH_CHECK(numel == v.s.total_bytes, "q8.", op, ": packed_weight has ", numel, " bytes but its header needs ",
+              v.s.total_bytes, ": truncated or extended");
+  TORCH_CHECK(conv_checksum(h, base) == h.checksum, "q8.", op,
+              ": packed_weight checksum mismatch (the header or weight sums were modified): repack with "
+              "q8.pack_conv_weight");
+  v.base = base;
+  if (v.depthwise) {
+    v.dw_weights = reinterpret_cast<const int8_t*>(base + detail::kConvPackHeaderBytes);
+    v.dw_sums = reinterpret_cast<const int32_t*>(base + v.s.wsum_offset);
+  } else {
+    const int64_t lin_bytes = detail::cpu_packed_sizes(oc / groups, v.s.k).total_bytes;
+    v.blocks.reserve(groups);
+    for (int64_t g = 0; g < groups; ++g) {
+      const auto block = packed.narrow(0, detail::kConvPackHeaderBytes + g * h.block_bytes, lin_bytes);
+      v.blocks.push_back(detail::check_packed_weight(op, block, detail::PackLayout::CpuPanel16x4));
+      TORCH_CHECK(v.blocks.back().header.n == oc / groups && v.blocks.back().header.k == v.s.k, "q8.", op,
+                  ": packed_weight is corrupt (block ", g, " has the wrong size)");
+    }
+  }
+  return v;
+}
+
+at::Tensor unpack_conv_weight_cpu(const at::Tensor& packed, c10::SymInt out_channels, c10::SymInt in_channels_per_group,
+                                  at::IntArrayRef kernel_size, int64_t groups) {
+  const char* op = "unpack_conv_weight";
+  detail::check_unpack_conv_weight_args(op, packed, out_channels, in_channels_per_group, kernel_size, groups);
+  const int64_t oc = out_channels.expect_int(), cg = in_channels_per_group.expect_int();
+  const int64_t kh = kernel_size[0], kw = kernel_size[1];
+  const ConvPackedView v = conv_packed_for(op, packed, oc, cg, kh, kw, groups, "the arguments");
+  auto out = at::empty({oc, cg, kh, kw}, packed.options().dtype(at::kChar));
+  int8_t* op_ = out.mutable_data_ptr<int8_t>();
+  if (v.depthwise) {
+    const int64_t ldw = v.s.block_bytes;
+    for (int64_t o = 0; o < ldw; ++o) {
+      int32_t sum = 0;
+      for (int64_t t = 0; t < kh * kw; ++t) {
+        const int8_t val = v.dw_weights[t * ldw + o];
+        sum += val;
+        if (o < oc) {
+          op_[o * kh * kw + t] = val;
+        }
+      }
+      TORCH_CHECK(o < oc ? sum == v.dw_sums[o] : (sum == 0 && v.dw_sums[o] == 0), "q8.", op,
+                  ": packed_weight is corrupt: the weights of output channel ", o,
+                  " do not match their sum or padding (the tensor was modified after q8.pack_conv_weight)");
+      if (o >= oc) {
+        for (int64_t t = 0; t < kh * kw; ++t) {
+          TORCH_CHECK(v.dw_weights[t * ldw + o] == 0, "q8.", op,
+                      ": packed_weight is corrupt: non-zero padding (modified after q8.pack_conv_weight)");
+        }
+      }
+    }
+    return out;
+  }
+  const int64_t ocg = oc / groups;
+  const int64_t lin_bytes = detail::cpu_packed_sizes(ocg, v.s.k).total_bytes;
+  for (int64_t g = 0; g < groups; ++g) {
+    // unpack_weight verifies every byte of the block (weights vs row sums, padding).
+    const int64_t off = detail::kConvPackHeaderBytes + g * v.h.block_bytes;
+    const auto m = q8::unpack_weight(packed.narrow(0, off, lin_bytes), ocg, v.s.k).view({ocg, kh, kw, v.s.cg4});
+    TORCH_CHECK(v.s.cg4 == cg || m.narrow(3, cg, v.s.cg4 - cg).eq(0).all().item<bool>(), "q8.", op,
+                ": packed_weight is corrupt: non-zero channel padding in group ", g,
+                " (modified after q8.pack_conv_weight)");
+    out.narrow(0, g * ocg, ocg).copy_(m.narrow(3, 0, cg).permute({0, 3, 1, 2}));
+    // The bytes between the linear block and the next one are zero.
+    const uint8_t* tail = v.base + off + lin_bytes;
+    for (int64_t i = 0; i < v.h.block_bytes - lin_bytes; ++i) {
+      TORCH_CHECK(tail[i] == 0, "q8.", op, ": packed_weight is corrupt: non-zero block padding in group ", g);
+    }
+  }
+  return out;
+}
+
+// ---------------------------------------------------------------------------
+// conv2d
+// ---------------------------------------------------------------------------
+// Rounding to uint8 codes without libm's nearbyint (a call that saves and restores
+// the floating-point environment, ~10 ns per value on x86-64 without SSE4.1):
+//   clamp(nearbyint(v) + z, 0, 255) == clamp(round_small(clamp_pm512(v)) + z, 0, 255)
+// for z in [0, 255]: clamping v to [-512, 512] first changes no result, and
+// (v + 1.5 * 2^23) - 1.5 * 2^23 rounds |v| < 2^22 half to even (the default rounding
+// mode, as nearbyint) exactly in IEEE float32 (this file is built without
+// -ffast-math). NaN stays NaN through both.
+inline float clamp_pm512(float v) {
+  return v < -512.f ? -512.f : (v > 512.f ? 512.f : v);
+}
+
+inline float round_small(float v) {
+  constexpr float kMagic = 12582912.f;  // 1.5 * 2^23
+  return (v + kMagic) - kMagic;
+}
+
+// [0, 255]; NaN -> 0.
+inline float clamp_0_255(float q) {
+  q = q > 0.f ? q : 0.f;
+  return q < 255.f ? q : 255.f;
+}
+
+// The uint8 code of x: clamp(nearbyint(x * inv) + z, 0, 255); nf gets 1 for NaN / +-Inf.
+inline uint8_t quantize_code(float x, float inv, float z, uint32_t& nf) {
+  nf |= static_cast<uint32_t>(!(std::fabs(x) <= FLT_MAX));
+  return static_cast<uint8_t>(static_cast<int32_t>(clamp_0_255(round_small(clamp_pm512(x * inv)) + z)));
+}
+
+// quantize_code over x[0, n) into q; returns non-zero when x holds NaN / +-Inf. The
+// SSE2 body (every x86-64 CPU) does the same IEEE operations: maxps(a, b) is
+// a > b ? a : b and minps(a, b) is a < b ? a : b, exactly the scalar selects above
+// (NaN included), and the truncating conversion of a value in [0, 255].
+uint32_t quantize_span(const float* x, uint8_t* q, int64_t n, float inv, float z) {
+  uint32_t nf = 0;
+  int64_t i = 0;
+#if defined(__SSE2__)
+  const __m128 vinv = _mm_set1_ps(inv), vz = _mm_set1_ps(z), lo512 = _mm_set1_ps(-512.f), hi512 = _mm_set1_ps(512.f);
+  const __m128 magic = _mm_set1_ps(12582912.f), zero = _mm_setzero_ps(), v255 = _mm_set1_ps(255.f);
+  const __m128i expmask = _mm_set1_epi32(0x7f800000);
+  __m128i bad = _mm_setzero_si128();
+  auto code4 = [&](const float* p) {
+    const __m128 xv = _mm_loadu_ps(p);
+    const __m128i bits = _mm_and_si128(_mm_castps_si128(xv), expmask);
+    bad = _mm_or_si128(bad, _mm_cmpeq_epi32(bits, expmask));
+    __m128 v = _mm_mul_ps(xv, vinv);
+    v = _mm_max_ps(lo512, v);
+    v = _mm_min_ps(hi512, v);
+    v = _mm_sub_ps(_mm_add_ps(v, magic), magic);
+    v = _mm_add_ps(v, vz);
+    v = _mm_max_ps(v, zero);
+    v = _mm_min_ps(v, v255);
+    return _mm_cvttps_epi32(v);
+  };
+  for (; i + 16 <= n; i += 16) {
+    const __m128i a = _mm_packs_epi32(code4(x + i), code4(x + i + 4));
+    const __m128i b = _mm_packs_epi32(code4(x + i + 8), code4(x + i + 12));
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(q + i), _mm_packus_epi16(a, b));
+  }
+  nf |= static_cast<uint32_t>(_mm_movemask_epi8(bad));
+#endif
+  for (; i < n; ++i) {
+    q[i] = quantize_code(x[i], inv, z, nf);
+  }
+  return nf;
+}
+
+// Everything the epilogue needs; pixel p of sample n is output row n * OH * OW + p
+// of the channels_last output [N][OH][OW][OC].
+struct Epilogue {
+  int64_t oc;
+  int64_t pixels;         // OH * OW
+  const float* sw;        // [OC]
+  const float* bias;      // [OC] or null
+  const float* res_f;     // float residual, channels_last [N][OH][OW][OC], or null
+  const uint8_t* res_u8;  // uint8 residual or null
+  float res_scale;
+  int32_t res_zp;
+  bool has_lo, has_hi;
+  float lo, hi;
+  float* out_f;           // float output or null
+  uint8_t* out_u8;        // uint8 output or null
+  float out_inv;          // 1 / output_scale
+  int32_t out_zp;
+  const float* sx;        // [N]
+  const int32_t* zx;      // [N]
+  const uint8_t* bad;     // [N]
+
+  // Columns [o0, o0 + cnt) of output pixel p of sample n; acc[j] = sum xq * w
+  // (padding included, as zp), wsum[j] the weight sums of those columns. Written
+  // as simple loops over at most 64 columns that the compiler vectorizes (this file
+  // is built with -fno-trapping-math so that the selects become vector blends; the
+  // values are those of the scalar IEEE operations either way).
+  //
+  // run() calls one copy of this body compiled for the active ISA family (GCC
+  // target attributes below): the vectorizer then uses 256/512-bit registers and
+  // the native float -> uint8 narrowing instead of SSE2's shuffles. Every copy
+  // does the same IEEE float32 operations per element (no FMA: -ffp-contract=off),
+  // so the results are bit-identical on every ISA.
+  int level = 0;  // 2: AVX-512 (F, BW, VL, DQ), 1: AVX2, 0: the baseline build
+
+  template <typename Acc>
+  void run(int64_t n, int64_t p, int64_t o0, int cnt, const Acc* acc, const int32_t* wsum) const;
+  // run() over rows r < mr of an int32 tile: pixel p + r, acc + r * ldacc.
+  void run_tile(int64_t n, int64_t p, int mr, int64_t o0, int cnt, const int32_t* acc, int64_t ldacc,
+                const int32_t* wsum) const;
+
+  template <typename Acc>
+  __attribute__((always_inline)) inline void run_body(int64_t n, int64_t p, int64_t o0, int cnt, const Acc* acc,
+                                                      const int32_t* wsum) const {
+    const int64_t row = (n * pixels + p) * oc + o0;
+    if (bad[n]) {
+      for (int j = 0; j < cnt; ++j) {
+        if (out_f != nullptr) {
+          out_f[row + j] = std::numeric_limits<float>::quiet_NaN();
+        } else {
+          out_u8[row + j] = static_cast<uint8_t>(out_zp);
+        }
+      }
+      return;
+    }
+    const float s_x = sx[n];
+    const int32_t z = zx[n];
+    alignas(64) float y[64];
+    for (int j0 = 0; j0 < cnt; j0 += 64) {
+      const int m = std::min(64, cnt - j0);
+      const int64_t r0 = row + j0;
+      const float* swj = sw + o0 + j0;
+      if constexpr (std::is_same_v<Acc, int32_t>) {
+        // acc - z * wsum in wrapping 32-bit arithmetic: exact, since the true
+        // value sum (xq - z) * w fits in int32 (|.| <= 255 * 128 * 65536 < 2^31).
+        const uint32_t uz = static_cast<uint32_t>(z);
+        for (int j = 0; j < m; ++j) {
+          const uint32_t d = static_cast<uint32_t>(acc[j0 + j]) - uz * static_cast<uint32_t>(wsum[j0 + j]);
+          y[j] = static_cast<float>(static_cast<int32_t>(d)) * (s_x * swj[j]);
+        }
+      } else {
+        for (int j = 0; j < m; ++j) {
+          const int64_t d = static_cast<int64_t>(acc[j0 + j]) - int64_t{z} * wsum[j0 + j];
+          y[j] = static_cast<float>(d) * (s_x * swj[j]);
+        }
+      }
+      if (bias != nullptr) {
+        const float* b = bias + o0 + j0;
+        for (int j = 0; j < m; ++j) {
+          y[j] = y[j] + b[j];
+        }
+      }
+      if (res_f != nullptr) {
+        const float* r = res_f + r0;
+        for (int j = 0; j < m; ++j) {
+          y[j] = y[j] + r[j];
+        }
+      } else if (res_u8 != nullptr) {
+        const uint8_t* r = res_u8 + r0;
+        for (int j = 0; j < m; ++j) {
+          y[j] = y[j] + static_cast<float>(int32_t{r[j]} - res_zp) * res_scale;
+        }
+      }
+      if (has_lo) {
+        for (int j = 0; j < m; ++j) {
+          y[j] = y[j] < lo ? lo : y[j];
+        }
+      }
+      if (has_hi) {
+        for (int j = 0; j < m; ++j) {
+          y[j] = y[j] > hi ? hi : y[j];
+        }
+      }
+      if (out_f != nullptr) {
+        // (Not memcpy: GCC inlines a variable-size memcpy as `rep movsq`, whose
+        // start-up cost dominated 1x1 layers.)
+        float* o = out_f + r0;
+        int j = 0;
+#if defined(__SSE2__)
+        for (; j + 4 <= m; j += 4) {
+          _mm_storeu_ps(o + j, _mm_load_ps(y + j));
+        }
+#endif
+        for (; j < m; ++j) {
+          o[j] = y[j];
+        }
+      } else {
+        const float ozf = static_cast<float>(out_zp);
+        uint8_t* o = out_u8 + r0;
+        for (int j = 0; j < m; ++j) {
+          float q = round_small(clamp_pm512(y[j] * out_inv)) + ozf;
+          q = q == q ? clamp_0_255(q) : ozf;
+          o[j] = static_cast<uint8_t>(static_cast<int32_t>(q));
+        }
+      }
+    }
+  }
+};
+
+#if defined(__x86_64__) && defined(__GNUC__)
+#define Q8_EPI_MULTIVERSION 1
+template <typename Acc>
+__attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx2"), noinline)) void epilogue_avx512(
+    const Epilogue& e, int64_t n, int64_t p, int64_t o0, int cnt, const Acc* acc, const int32_t* wsum) {
+  e.run_body(n, p, o0, cnt, acc, wsum);
+}
+
+// (GCC 12 warns of an uninitialized operand inside its own masked intrinsics.)
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#pragma GCC diagnostic ignored "-Wuninitialized"
+// The int32 epilogue in AVX-512 intrinsics, 16 columns per step in registers:
+// per element exactly run_body's IEEE operations in its order (a < b ? a : b
+// selects as compare masks with ordered, non-signalling predicates, so NaN
+// follows the scalar selects).
+__attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx2"), always_inline)) inline void epilogue_row_avx512(
+    const Epilogue& e, int64_t n, int64_t p, int64_t o0, int cnt, const int32_t* acc, const int32_t* wsum) {
+  const int64_t row = (n * e.pixels + p) * e.oc + o0;
+  const __m512 sxv = _mm512_set1_ps(e.sx[n]);
+  const __m512i zv = _mm512_set1_epi32(e.zx[n]);
+  const __m512 lo = _mm512_set1_ps(e.lo), hi = _mm512_set1_ps(e.hi);
+  const __m512i rzp = _mm512_set1_epi32(e.res_zp);
+  const __m512 rsc = _mm512_set1_ps(e.res_scale);
+  const __m512 inv = _mm512_set1_ps(e.out_inv), ozf = _mm512_set1_ps(static_cast<float>(e.out_zp));
+  const __m512 m512 = _mm512_set1_ps(-512.f), p512 = _mm512_set1_ps(512.f), magic = _mm512_set1_ps(12582912.f);
+  const __m512 zero = _mm512_setzero_ps(), top = _mm512_set1_ps(255.f);
+  for (int j = 0; j < cnt; j += 16) {
+    const __mmask16 k = cnt - j >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << (cnt - j)) - 1);
+    const __m512i a = _mm512_maskz_loadu_epi32(k, acc + j);
+    const __m512i ws = _mm512_maskz_loadu_epi32(k, wsum + j);
+    const __m512i d = _mm512_sub_epi32(a, _mm512_mullo_epi32(zv, ws));  // wrapping, as run_body
+    const __m512 s = _mm512_mul_ps(sxv, _mm512_maskz_loadu_ps(k, e.sw + o0 + j));
+    __m512 y = _mm512_mul_ps(_mm512_cvtepi32_ps(d), s);
+    if (e.bias != nullptr) {
+      y = _mm512_add_ps(y, _mm512_maskz_loadu_ps(k, e.bias + o0 + j));
+    }
+    if (e.res_f != nullptr) {
+      y = _mm512_add_ps(y, _mm512_maskz_loadu_ps(k, e.res_f + row + j));
+    } else if (e.res_u8 != nullptr) {
+      const __m512i r = _mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(k, e.res_u8 + row + j));
+      y = _mm512_add_ps(y, _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(r, rzp)), rsc));
+    }
+    if (e.has_lo) {  // y < lo ? lo : y
+      y = _mm512_mask_blend_ps(_mm512_cmp_ps_mask(y, lo, _CMP_LT_OQ), y, lo);
+    }
+    if (e.has_hi) {  // y > hi ? hi : y
+      y = _mm512_mask_blend_ps(_mm512_cmp_ps_mask(y, hi, _CMP_GT_OQ), y, hi);
+    }
+    if (e.out_f != nullptr) {
+      _mm512_mask_storeu_ps(e.out_f + row + j, k, y);
+      continue;
+    }
+    __m512 v = _mm512_mul_ps(y, inv);
+    // clamp_pm512: v < -512 ? -512 : (v > 512 ? 512 : v)
+    const __mmask16 below = _mm512_cmp_ps_mask(v, m512, _CMP_LT_OQ);
+    v = _mm512_mask_blend_ps(_mm512_cmp_ps_mask(v, p512, _CMP_GT_OQ), v, p512);
+    v = _mm512_mask_blend_ps(below, v, m512);
+    __m512 q = _mm512_add_ps(_mm512_sub_ps(_mm512_add_ps(v, magic), magic), ozf);
+    const __mmask16 ord = _mm512_cmp_ps_mask(q, q, _CMP_EQ_OQ);  // q == q
+    __m512 c = _mm512_mask_blend_ps(_mm512_cmp_ps_mask(q, zero, _CMP_GT_OQ), zero, q);  // q > 0 ? q : 0
+    c = _mm512_mask_blend_ps(_mm512_cmp_ps_mask(c, top, _CMP_LT_OQ), top, c);         // c < 255 ? c : 255
+    q = _mm512_mask_blend_ps(ord, ozf, c);
+    // (vpmovdb to a register, then a plain store: the masked vpmovdb store is slow on some CPUs)
+    const __m128i b = _mm512_cvtepi32_epi8(_mm512_cvttps_epi32(q));
+    if (k == 0xFFFF) {
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(e.out_u8 + row + j), b);
+    } else {
+      _mm_mask_storeu_epi8(e.out_u8 + row + j, k, b);
+    }
+  }
+}
+
+template <>
+__attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx2"), noinline)) void epilogue_avx512<int32_t>(
+    const Epilogue& e, int64_t n, int64_t p, int64_t o0, int cnt, const int32_t* acc, const int32_t* wsum) {
+  if (e.bad[n]) {
+    e.run_body(n, p, o0, cnt, acc, wsum);
+    return;
+  }
+  epilogue_row_avx512(e, n, p, o0, cnt, acc, wsum);
+}
+
+// Rows r < mr of an int32 tile (row r: pixel p + r, acc + r * ldacc), in one call.
+__attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx2"), noinline)) void epilogue_tile_avx512(
+    const Epilogue& e, int64_t n, int64_t p, int mr, int64_t o0, int cnt, const int32_t* acc, int64_t ldacc,
+    const int32_t* wsum) {
+  for (int r = 0; r < mr; ++r) {
+    if (e.bad[n]) {
+      e.run_body(n, p + r, o0, cnt, acc + r * ldacc, wsum);
+    } else {
+      epilogue_row_avx512(e, n, p + r, o0, cnt, acc + r * ldacc, wsum);
+    }
+  }
+}
+#pragma GCC diagnostic pop
+template <typename Acc>
+__attribute__((target("avx2"), noinline)) void epilogue_avx2(const Epilogue& e, int64_t n, int64_t p, int64_t o0,
+                                                             int cnt, const Acc* acc, const int32_t* wsum) {
+  e.run_body(n, p, o0, cnt, acc, wsum);
+}
+#endif
+
+template <typename Acc>
+void Epilogue::run(int64_t n, int64_t p, int64_t o0, int cnt, const Acc* acc, const int32_t* wsum) const {
+#if defined(Q8_EPI_MULTIVERSION)
+  if (level == 2) {
+    return epilogue_avx512(*this, n, p, o0, cnt, acc, wsum);
+  }
+  if (level == 1) {
+    return epilogue_avx2(*this, n, p, o0, cnt, acc, wsum);
+  }
+#endif
+  run_body(n, p, o0, cnt, acc, wsum);
+}
+
+void Epilogue::run_tile(int64_t n, int64_t p, int mr, int64_t o0, int cnt, const int32_t* acc, int64_t ldacc,
+                        const int32_t* wsum) const {
+#if defined(Q8_EPI_MULTIVERSION)
+  if (level == 2) {
+    return epilogue_tile_avx512(*this, n, p, mr, o0, cnt, acc, ldacc, wsum);
+  }
+#endif
+  for (int r = 0; r < mr; ++r) {
+    run(n, p + r, o0, cnt, acc + r * ldacc, wsum);
+  }
+}
+
+// The epilogue level of the active ISA (Epilogue::level).
+int epilogue_level() {
+#if defined(Q8_EPI_MULTIVERSION)
+  switch (active_isa()) {
+    case Isa::AVX512_VNNI:
+    case Isa::AVX512:
+      return 2;
+    case Isa::AVX_VNNI:
+    case Isa::AVX2:
+      return 1;
+    case Isa::DEFAULT:
+      break;
+  }
+#endif
+  return 0;
+}
+
+struct Geometry {
+  int64_t n, c, h, w, oc, oh, ow, kh, kw, sh, sw, ph, pw, dh, dw, groups, cg, cg4;
+};
+
+#if defined(__SSE2__)
+// The panel bytes of one tap of a whole 6-row panel: k group q of row r is the
+// 4 bytes s[r] + 4 q. A 6-row transpose of 32-bit words: 16 bytes (4 k groups)
+// of each row in, 96 panel bytes out.
+inline void transpose6(const uint8_t* const* s, int64_t cgroups, uint8_t* dst) {
+  constexpr int64_t kStride = gemm::kRows * gemm::kGroup;
+  int64_t q = 0;
+  for (; q + 4 <= cgroups; q += 4) {
+    const auto ld = [&](int r) { return _mm_loadu_si128(reinterpret_cast<const __m128i*>(s[r] + 4 * q)); };
+    const __m128i r0 = ld(0), r1 = ld(1), r2 = ld(2), r3 = ld(3), r4 = ld(4), r5 = ld(5);
+    // [r_a g0, r_b g0, r_a g1, r_b g1] and [r_a g2, r_b g2, r_a g3, r_b g3]
+    const __m128i l01 = _mm_unpacklo_epi32(r0, r1), h01 = _mm_unpackhi_epi32(r0, r1);
+    const __m128i l23 = _mm_unpacklo_epi32(r2, r3), h23 = _mm_unpackhi_epi32(r2, r3);
+    const __m128i l45 = _mm_unpacklo_epi32(r4, r5), h45 = _mm_unpackhi_epi32(r4, r5);
+    __m128i* d = reinterpret_cast<__m128i*>(dst + q * kStride);
+    // groups q, q + 1: rows 0-5 of q then rows 0-5 of q + 1 (48 bytes)
+    _mm_storeu_si128(d + 0, _mm_unpacklo_epi64(l01, l23));
+    _mm_storeu_si128(d + 1, _mm_castpd_si128(_mm_shuffle_pd(_mm_castsi128_pd(l45), _mm_castsi128_pd(l01), 2)));
+    _mm_storeu_si128(d + 2, _mm_unpackhi_epi64(l23, l45));
+    // groups q + 2, q + 3
+    _mm_storeu_si128(d + 3, _mm_unpacklo_epi64(h01, h23));
+    _mm_storeu_si128(d + 4, _mm_castpd_si128(_mm_shuffle_pd(_mm_castsi128_pd(h45), _mm_castsi128_pd(h01), 2)));
+    _mm_storeu_si128(d + 5, _mm_unpackhi_epi64(h23, h45));
+  }
+  for (; q < cgroups; ++q) {
+    for (int r = 0; r < gemm::kRows; ++r) {
+      std::memcpy(dst + q * kStride + r * gemm::kGroup, s[r] + 4 * q, 4);
+    }
+  }
+}
+#endif
+
+// Builds the activation panel (int8_gemm.h: [k groups][6 rows][4 k]) of output
+// pixels [p0, p0 + rows) of sample x (uint8 NHWC) for channel group g: column
+// (i * KW + j) * cg4 + c holds x(oy * sh - ph + i * dh, ox * sw - pw + j * dw, g * Cg + c),
+// the zero point outside the image, 0 for c >= Cg.
+void build_panel(const uint8_t* x, const Geometry& G, int64_t g, uint8_t zp, int64_t p0, int rows, uint8_t* panel) {
+  constexpr int64_t kStride = gemm::kRows * gemm::kGroup;  // bytes between k groups
+  const int64_t cgroups = G.cg4 / 4;
+#if defined(__SSE2__)
+  // A whole panel with Cg a multiple of 4: each tap whose 6 rows all lie inside
+  // the image is one transpose6; a tap with a row outside is filled row by row.
+  if (rows == gemm::kRows && G.cg % 4 == 0) {
+    const uint32_t zp4 = uint32_t{zp} * 0x01010101u;
+    int64_t oy[gemm::kRows], ox[gemm::kRows];
+    for (int r = 0; r < gemm::kRows; ++r) {
+      oy[r] = (p0 + r) / G.ow;
+      ox[r] = (p0 + r) % G.ow;
+    }
+    const uint8_t* s[gemm::kRows];
+    for (int64_t i = 0; i < G.kh; ++i) {
+      for (int64_t j = 0; j < G.kw; ++j) {
+        uint8_t* dst = panel + (i * G.kw + j) * cgroups * kStride;
+        bool inside = true;
+        for (int r = 0; r < gemm::kRows; ++r) {
+          const int64_t y = oy[r] * G.sh - G.ph + i * G.dh;
+          const int64_t xx = ox[r] * G.sw - G.pw + j * G.dw;
+          if (y < 0 || y >= G.h || xx < 0 || xx >= G.w) {
+            inside = false;
+            s[r] = nullptr;
+          } else {
+            s[r] = x + (y * G.w + xx) * G.c + g * G.cg;
+          }
+        }
+        if (inside) {
+          transpose6(s, cgroups, dst);
+          continue;
+        }
+        for (int r = 0; r < gemm::kRows; ++r) {
+          for (int64_t q = 0; q < cgroups; ++q) {
+            if (s[r] == nullptr) {
+              std::memcpy(dst + q * kStride + r * gemm::kGroup, &zp4, 4);
+            } else {
+              std::memcpy(dst + q * kStride + r * gemm::kGroup, s[r] + 4 * q, 4);
+            }
+          }
+        }
+      }
+    }
+    return;
+  }
+#endif
+  const uint32_t zp4 = uint32_t{zp} * 0x01010101u;
+  const bool whole = G.cg % 4 == 0;
+  for (int r = 0; r < gemm::kRows; ++r) {
+    uint8_t* dst0 = panel + r * gemm::kGroup;
+    if (r >= rows) {  // rows past the end: zeros (their results are not stored)
+      for (int64_t t = 0; t < G.kh * G.kw * cgroups; ++t) {
+        std::memset(dst0 + t * kStride, 0, 4);
+      }
+      continue;
+    }
+    const int64_t p = p0 + r;
+    const int64_t oy = p / G.ow, ox = p % G.ow;
+    for (int64_t i = 0; i < G.kh; ++i) {
+      const int64_t y = oy * G.sh - G.ph + i * G.dh;
+      for (int64_t j = 0; j < G.kw; ++j) {
+        const int64_t xx = ox * G.sw - G.pw + j * G.dw;
+        uint8_t* dst = dst0 + (i * G.kw + j) * cgroups * kStride;
+        if (y < 0 || y >= G.h || xx < 0 || xx >= G.w) {
+          for (int64_t q = 0; q < cgroups; ++q) {
+            std::memcpy(dst + q * kStride, &zp4, 4);
+          }
+          if (!whole) {  // channels beyond Cg hold 0 (their weights are 0 anyway)
+            std::memset(dst + (cgroups - 1) * kStride + (G.cg % 4), 0, 4 - (G.cg % 4));
+          }
+          continue;
+        }
+        const uint8_t* src = x + (y * G.w + xx) * G.c + g * G.cg;
+        if (whole) {
+          for (int64_t q = 0; q < cgroups; ++q) {
+            std::memcpy(dst + q * kStride, src + 4 * q, 4);
+          }
+        } else {
+          // Whole groups of 4 channels, then the last partial group: one 4-byte load
+          // with the bytes past Cg masked to 0 (little-endian) when those bytes lie
+          // inside the sample, else byte by byte (the stem's Cg = 3 takes the load).
+          const int64_t full = G.cg / 4;
+          for (int64_t q = 0; q < full; ++q) {
+            std::memcpy(dst + q * kStride, src + 4 * q, 4);
+          }
+          const uint8_t* last = src + 4 * full;
+          const int rem = static_cast<int>(G.cg % 4);
+          if (__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__ && last + 4 <= x + G.h * G.w * G.c) {
+            uint32_t v;
+            std::memcpy(&v, last, 4);
+            v &= (uint32_t{1} << (8 * rem)) - 1u;
+            std::memcpy(dst + full * kStride, &v, 4);
+          } else {
+            uint8_t b[4] = {0, 0, 0, 0};
+            for (int e = 0; e < rem; ++e) {
+              b[e] = last[e];
+            }
+            std::memcpy(dst + full * kStride, b, 4);
+          }
+        }
+      }
+    }
+  }
+}
+
+void conv_gemm(const uint8_t* xq, const Geometry& G, const ConvPackedView& wv, const Epilogue& epi) {
+  const auto& kern = gemm::active_kernels();
+  const int64_t kgroups = G.kh * G.kw * G.cg4 / 4;
+  const int64_t panel_bytes = kgroups * gemm::kRows * gemm::kGroup;
+  const int64_t pixels = G.oh * G.ow;
+  const int64_t mpanels = ceil_div(pixels, gemm::kRows);
+  // Panels per chunk: about 96 KiB of panels (stays in L2 while every column block
+  // of the group runs over it), at most 16.
+  int64_t chunk = std::max<int64_t>(1, std::min<int64_t>(16, (96 << 10) / std::max<int64_t>(panel_bytes, 1)));
+  // With several threads, small layers (14x14, 7x7) get at least about 4 chunks
+  // per thread, so the split is not 3 chunks over 2 threads (the results do not
+  // depend on the split).
+  const int64_t nthreads = at::get_num_threads();
+  if (nthreads > 1) {
+    chunk = std::max<int64_t>(1, std::min(chunk, ceil_div(G.n * mpanels, 4 * nthreads)));
+  }
+  const int64_t nchunks = ceil_div(mpanels, chunk);
+  const int64_t ocg = G.oc / G.groups;
+  const int64_t nblocks = ceil_div(ceil_div(ocg, gemm::kPanel), gemm::kMaxPanels);
+  const bool long_k = kgroups > gemm::kMaxGroups;
+  at::parallel_for(0, G.n * nchunks, 1, [&](int64_t begin, int64_t end) {
+    std::vector<uint8_t> panels(static_cast<size_t>(chunk * panel_bytes) + 64);
+    uint8_t* pbuf = reinterpret_cast<uint8_t*>((reinterpret_cast<uintptr_t>(panels.data()) + 63) & ~uintptr_t{63});
+    alignas(64) int32_t c32[gemm::kRows * gemm::kTileCols];
+    std::vector<int64_t> c64(long_k ? gemm::kRows * gemm::kTileCols : 0);
+    for (int64_t item = begin; item < end; ++item) {
+      const int64_t n = item / nchunks, ci = item % nchunks;
+      const int64_t mp0 = ci * chunk, mp1 = std::min(mpanels, mp0 + chunk);
+      const uint8_t* x = xq + n * G.h * G.w * G.c;
+      const uint8_t zp = static_cast<uint8_t>(epi.zx[n]);
+      for (int64_t g = 0; g < G.groups; ++g) {
+        const detail::PackedView& w = wv.blocks[g];
+        for (int64_t mp = mp0; mp < mp1; ++mp) {
+          const int rows = static_cast<int>(std::min<int64_t>(gemm::kRows, pixels - mp * gemm::kRows));
+          build_panel(x, G, g, zp, mp * gemm::kRows, rows, pbuf + (mp - mp0) * panel_bytes);
+        }
+        for (int64_t jb = 0; jb < nblocks; ++jb) {
+          const int64_t p0 = jb * gemm::kMaxPanels;
+          const int np = static_cast<int>(std::min<int64_t>(gemm::kMaxPanels, w.panels - p0));
+          const int64_t col0 = p0 * gemm::kPanel;
+          const int ncols = static_cast<int>(std::min<int64_t>(np * gemm::kPanel, ocg - col0));
+          const int8_t* b = w.weights + p0 * w.panel_stride;
+          for (int64_t mp = mp0; mp < mp1; ++mp) {
+            const int64_t row0 = mp * gemm::kRows;
+            const int mr = static_cast<int>(std::min<int64_t>(gemm::kRows, pixels - row0));
+            const uint8_t* a = pbuf + (mp - mp0) * panel_bytes;
+            if (!long_k) {
+              kern.int8_tile(a, b, w.panel_stride, 0, kgroups, mr, np, c32);
+              epi.run_tile(n, row0, mr, g * ocg + col0, ncols, c32, gemm::kTileCols, w.rowsums + col0);
+              continue;
+            }
+            // Long K: exact int32 chunks summed in int64.
+            std::fill(c64.begin(), c64.end(), 0);
+            for (int64_t g0 = 0; g0 < kgroups; g0 += gemm::kMaxGroups) {
+              const int64_t g1 = std::min(kgroups, g0 + gemm::kMaxGroups);
+              kern.int8_tile(a, b, w.panel_stride, g0, g1, mr, np, c32);
+              for (int r = 0; r < mr; ++r) {
+                for (int j = 0; j < np * gemm::kPanel; ++j) {
+                  c64[r * gemm::kTileCols + j] += c32[r * gemm::kTileCols + j];
+                }
+              }
+            }
+            for (int r = 0; r < mr; ++r) {
+              epi.run(n, row0 + r, g * ocg + col0, ncols, c64.data() + r * gemm::kTileCols, w.rowsums + col0);
+            }
+          }
+        }
+      }
+    }
+  });
+}
+
+void conv_depthwise(const uint8_t* xq, const Geometry& G, const ConvPackedView& wv, const Epilogue& epi) {
+  const auto& kern = depthwise_kernels();
+  conv::DepthwiseGeometry dg{};
+  dg.H = G.h;
+  dg.W = G.w;
+  dg.C = G.c;
+  dg.kh = static_cast<int>(G.kh);
+  dg.kw = static_cast<int>(G.kw);
+  dg.sh = static_cast<int>(G.sh);
+  dg.sw = static_cast<int>(G.sw);
+  dg.ph = static_cast<int>(G.ph);
+  dg.pw = static_cast<int>(G.pw);
+  dg.dh = static_cast<int>(G.dh);
+  dg.dw = static_cast<int>(G.dw);
+  dg.OH = G.oh;
+  dg.OW = G.ow;
+  const int64_t ldacc = round_up(G.c, 16);
+  constexpr int64_t kOwChunk = 32;
+  at::parallel_for(0, G.n * G.oh, 1, [&](int64_t begin, int64_t end) {
+    std::vector<int32_t> acc(static_cast<size_t>(kOwChunk * ldacc));
+    for (int64_t item = begin; item < end; ++item) {
+      const int64_t n = item / G.oh, oh = item % G.oh;
+      const uint8_t* x = xq + n * G.h * G.w * G.c;
+      for (int64_t ow0 = 0; ow0 < G.ow; ow0 += kOwChunk) {
+        const int64_t ow1 = std::min(G.ow, ow0 + kOwChunk);
+        kern.acc_row(x, dg, wv.dw_weights, wv.s.block_bytes, static_cast<uint8_t>(epi.zx[n]), oh, ow0, ow1,
+                     acc.data(), ldacc);
+        epi.run_tile(n, oh * G.ow + ow0, static_cast<int>(ow1 - ow0), 0, static_cast<int>(G.oc), acc.data(), ldacc,
+                     wv.dw_sums);
+      }
+    }
+  });
+}
+
+// The value of a one-element scale / zero point (CPU tensors: read on the host).
+float scale_value(const char* op, const at::Tensor& t, const char* name) {
+  const float v = t.reshape({}).item<float>();
+  TORCH_CHECK(std::isfinite(v) && v >= FLT_MIN, "q8.", op, ": ", name,
+              " must be finite and at least the smallest normal float32 (so that 1 / scale is finite), got ", v);
+  return v;
+}
+
+int32_t zero_point_value(const char* op, const at::Tensor& t, const char* name) {
+  const int64_t v = t.to(at::kLong).reshape({}).item<int64_t>();
+  TORCH_CHECK(v >= 0 && v <= 255, "q8.", op, ": ", name, " must lie in [0, 255] (uint8 codes), got ", v);
+  return static_cast<int32_t>(v);
+}
+
+at::Tensor conv2d_cpu(const at::Tensor& input, const at::Tensor& packed, const at::Tensor& weight_scale,
+                      const std::optional<at::Tensor>& bias, at::IntArrayRef kernel_size, at::IntArrayRef stride,
+                      at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups, c10::string_view activation,
+                      const std::optional<at::Tensor>& input_scale, const std::optional<at::Tensor>& input_zero_point,
+                      const std::optional<at::Tensor>& residual, const std::optional<at::Tensor>& residual_scale,
+                      const std::optional<at::Tensor>& residual_zero_point, std::optional<double> clamp_min,
+                      std::optional<double> clamp_max, const std::optional<at::Tensor>& output_scale,
+                      const std::optional<at::Tensor>& output_zero_point) {
+  const char* op = "conv2d";
+  const ConvArgs a = detail::check_conv2d_args(op, input, packed, weight_scale, bias, kernel_size, stride, padding,
+                                               dilation, groups, activation, input_scale, input_zero_point, residual,
+                                               residual_scale, residual_zero_point, clamp_min, clamp_max,
+                                               output_scale, output_zero_point);
+  check_cpu(op, input, "input");
+  Geometry G{a.n, a.c, a.h, a.w, a.oc, a.oh, a.ow, a.kh, a.kw, a.sh, a.sw, a.ph, a.pw, a.dh, a.dw, a.groups,
+             a.c / a.groups, round_up(a.c / a.groups, 4)};
+  const ConvPackedView wv =
+      conv_packed_for(op, packed, G.oc, G.cg, G.kh, G.kw, G.groups, "input.size(1) / groups, weight_scale and kernel_size");
+  // The depthwise table sums in int32 (at most 65536 taps keeps 255 * 128 * taps < 2^31).
+  TORCH_CHECK(!wv.depthwise || G.kh * G.kw <= 65536, "q8.", op,
+              ": a depthwise kernel must have at most 65536 taps (kernel_h * kernel_w), got ", G.kh, " x ", G.kw);
+  // Values of the scalar qparams (CPU tensors: read on the host).
+  Epilogue epi{};
+  int32_t static_zp = 0;
+  float static_scale = 1.f;
+  if (a.mode == ConvMode::Static) {
+    static_scale = scale_value(op, *input_scale, "input_scale");
+    static_zp = zero_point_value(op, *input_zero_point, "input_zero_point");
+  }
+  if (a.uint8_residual) {
+    epi.res_scale = scale_value(op, *residual_scale, "residual_scale");
+    epi.res_zp = zero_point_value(op, *residual_zero_point, "residual_zero_point");
+  }
+  if (a.uint8_output) {
+    epi.out_inv = 1.0f / scale_value(op, *output_scale, "output_scale");
+    epi.out_zp = zero_point_value(op, *output_zero_point, "output_zero_point");
+  }
+  const bool float_out_half = !a.uint8_output && input.scalar_type() != at::kFloat && !a.uint8_input;
+  auto out = at::empty({G.n, G.oc, G.oh, G.ow},
+                       input.options().dtype(a.uint8_output ? at::kByte : at::kFloat).memory_format(at::MemoryFormat::ChannelsLast));
+  if (out.numel() == 0) {
+    return float_out_half ? out.to(input.scalar_type()) : out;
+  }
+  // The uint8 NHWC input, per-sample qparams and the NaN / Inf flags.
+  std::vector<float> sx(G.n, static_scale);
+  std::vector<int32_t> zx(G.n, static_zp);
+  std::vector<uint8_t> bad(G.n, 0);
+  at::Tensor xq;
+  if (a.uint8_input) {
+    xq = input.contiguous(at::MemoryFormat::ChannelsLast);
+  } else {
+    // A contiguous NCHW input is transposed while it is quantized; any other layout
+    // is made channels_last first.
+    at::Tensor xf = input.to(at::kFloat);
+    const bool nchw = xf.is_contiguous() && !xf.is_contiguous(at::MemoryFormat::ChannelsLast);
+    if (!nchw) {
+      xf = xf.contiguous(at::MemoryFormat::ChannelsLast);
+    }
+    const int64_t per = G.c * G.h * G.w, hw = G.h * G.w;
+    const float* xp = xf.const_data_ptr<float>();
+    if (a.mode == ConvMode::Dynamic) {
+      // Per-sample min / max over the sample's contiguous block (exact, so the same
+      // on every ISA); a sample with NaN / Inf is flagged by the quantization pass
+      // below and its qparams are then unused.
+      const auto& kern = gemm::active_kernels();
+      at::parallel_for(0, G.n, 1, [&](int64_t begin, int64_t end) {
+        for (int64_t n = begin; n < end; ++n) {
+          float lo = 0.f, hi = 0.f;
+          if (per > 0) {
+            kern.row_min_max(xp + n * per, per, &lo, &hi);
+          }
+          if (std::isfinite(lo) && std::isfinite(hi)) {
+            detail::compute_qparams(lo, hi, 0, 255, /*symmetric=*/false, &sx[n], &zx[n]);
+          } else {
+            sx[n] = 1.f;
+            zx[n] = 0;
+          }
+        }
+      });
+    }
+    xq = at::empty({G.n, G.h, G.w, G.c}, input.options().dtype(at::kByte));
+    uint8_t* qp = xq.mutable_data_ptr<uint8_t>();
+    std::unique_ptr<std::atomic<uint8_t>[]> nonfinite(new std::atomic<uint8_t>[std::max<int64_t>(G.n, 1)]);
+    for (int64_t n = 0; n < G.n; ++n) {
+      nonfinite[n].store(0);
+    }
+    if (!nchw) {
+      const int64_t total = G.n * per;
+      at::parallel_for(0, total, 1 << 14, [&](int64_t begin, int64_t end) {
+        int64_t i = begin;
+        while (i < end) {
+          const int64_t n = i / per;
+          const int64_t stop = std::min(end, (n + 1) * per);
+          const float inv = 1.0f / sx[n];
+          const float z = static_cast<float>(zx[n]);
+          const uint32_t nf = quantize_span(xp + i, qp + i, stop - i, inv, z);
+          i = stop;
+          if (nf != 0) {
+            nonfinite[n].store(1);
+          }
+        }
+      });
+    } else {
+      constexpr int64_t kPix = 64;
+      const int64_t blocks = ceil_div(hw, kPix);
+      at::parallel_for(0, G.n * blocks, std::max<int64_t>(1, 4096 / std::max<int64_t>(G.c, 1)),
+                       [&](int64_t begin, int64_t end) {
+        for (int64_t item = begin; item < end; ++item) {
+          const int64_t n = item / blocks, p0 = (item % blocks) * kPix, p1 = std::min(hw, p0 + kPix);
+          const float inv = 1.0f / sx[n];
+          const float z = static_cast<float>(zx[n]);
+          uint32_t nf = 0;
+          const float* src = xp + n * per;
+          uint8_t* dst = qp + n * per;
+          for (int64_t c = 0; c < G.c; ++c) {
+            for (int64_t p = p0; p < p1; ++p) {
+              dst[p * G.c + c] = quantize_code(src[c * hw + p], inv, z, nf);
+            }
+          }
+          if (nf != 0) {
+            nonfinite[n].store(1);
+          }
+        }
+      });
+    }
+    for (int64_t n = 0; n < G.n; ++n) {
+      bad[n] = nonfinite[n].load();
+    }
+  }
+  const auto sw = weight_scale.contiguous();
+  at::Tensor b, rf, ru;
+  if (bias.has_value()) {
+    b = bias->to(at::kFloat).contiguous();
+  }
+  if (residual.has_value()) {
+    if (a.uint8_residual) {
+      ru = residual->contiguous(at::MemoryFormat::ChannelsLast);
+    } else {
+      rf = residual->to(at::kFloat).contiguous(at::MemoryFormat::ChannelsLast);
+    }
+  }
+  epi.oc = G.oc;
+  epi.pixels = G.oh * G.ow;
+  epi.sw = sw.const_data_ptr<float>();
+  epi.bias = b.defined() ? b.const_data_ptr<float>() : nullptr;
+  epi.res_f = rf.defined() ? rf.const_data_ptr<float>() : nullptr;
+  epi.res_u8 = ru.defined() ? ru.const_data_ptr<uint8_t>() : nullptr;
+  epi.has_lo = clamp_min.has_value();
+  epi.has_hi = clamp_max.has_value();
+  epi.lo = epi.has_lo ? static_cast<float>(*clamp_min) : 0.f;
+  epi.hi = epi.has_hi ? static_cast<float>(*clamp_max) : 0.f;
+  epi.out_f = a.uint8_output ? nullptr : out.mutable_data_ptr<float>();
+  epi.out_u8 = a.uint8_output ? out.mutable_data_ptr<uint8_t>() : nullptr;
+  epi.sx = sx.data();
+  epi.zx = zx.data();
+  epi.bad = bad.data();
+  epi.level = epilogue_level();
+  const uint8_t* xp = xq.const_data_ptr<uint8_t>();
+  if (wv.depthwise) {
+    conv_depthwise(xp, G, wv, epi);
+  } else {
+    conv_gemm(xp, G, wv, epi);
+  }
+  return float_out_half ? out.to(input.scalar_type()) : out;
+}
+
+} // namespace
+
+TORCH_LIBRARY_IMPL(q8, CPU, m) {
+  m.impl("pack_conv_weight", &pack_conv_weight_cpu);
+  m.impl("unpack_conv_weight", &unpack_conv_weight_cpu);
+  m.impl("conv2d", &conv2d_cpu);
+}
+
+} // namespace q8::cpu
