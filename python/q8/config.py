@@ -62,6 +62,10 @@ class QConfig:
             float; everything inside a named container is kept too.
         sync: under ``torch.distributed`` with more than one process, all-reduce the
             observers' statistics so that every rank holds identical qparams.
+        fuse: before swapping, fuse ``conv / linear -> BatchNorm -> ReLU`` chains that
+            q8 finds (:func:`q8.fuse.auto_fuse`, ``docs/fusion.md``): BatchNorms folded,
+            activations turned into the int8 layer's clamp. ``False`` leaves the model's
+            structure as it is (fuse by hand with :func:`q8.fuse_modules`).
     """
 
     weight_bits: int = 8
@@ -76,6 +80,7 @@ class QConfig:
     learnable: bool = False
     skip: Tuple[str, ...] = field(default_factory=tuple)
     sync: bool = True
+    fuse: bool = True
 
     def __post_init__(self):
         if isinstance(self.skip, str):

@@ -162,6 +162,10 @@ class _Int8Conv2dQDQ(Int8Conv2d):
         zero_point = torch.zeros_like(self.weight_scale, dtype=torch.int32)
         return torch.ops.q8.dequantize(self.weight_int8, self.weight_scale, zero_point, 0, torch.float32).to(dtype)
 
+    def forward(self, x: Tensor, residual: Optional[Tensor] = None) -> Tensor:
+        # q8.conv2d has no ONNX translation: the float formulation (QDQ input, DQ weight, Conv).
+        return self._reference_forward(x, residual)
+
 
 def _fake_quant_module(fq: FakeQuantize, name: str, narrow_range: str) -> torch.nn.Module:
     if bool(fq.observer_enabled.detach().cpu().reshape(-1)[0] != 0):
@@ -226,6 +230,11 @@ def prepare_for_onnx(model: torch.nn.Module, narrow_range: str = "clip") -> torc
                         "q8.calibrate / q8.convert (static) or activation='weight_only'")
                 setattr(module, child_name, _Int8LinearQDQ(child))
             elif type(child) is Int8Conv2d:
+                if child.activation == "dynamic":
+                    raise OnnxExportError(
+                        f"q8.onnx: {qualified!r} is an Int8Conv2d with activation='dynamic': its per-sample run-time "
+                        "quantization of the input has no standard ONNX QDQ form. Use q8.prepare / q8.calibrate / "
+                        "q8.convert (static) or activation='weight_only'")
                 child.__class__ = _Int8Conv2dQDQ  # a deep copy: the caller's layer is unchanged
     return model
 

@@ -4,7 +4,10 @@
 * :func:`prepare` → :func:`calibrate` → :func:`convert`: static PTQ with calibrated
   activation ranges;
 * :func:`prepare_qat` → train → :func:`convert`: quantization-aware training (QAT);
-* :class:`q8.QConfig` chooses the scheme, the observers and the modules to skip.
+* :class:`q8.QConfig` chooses the scheme, the observers and the modules to skip;
+* ``conv / linear -> BatchNorm -> ReLU`` chains are fused first (:mod:`q8.fuse`,
+  ``docs/fusion.md``): BatchNorms folded (QAT: :class:`q8.nn.qat_conv.QATConvBn2d`),
+  activations turned into the int8 layer's output clamp.
 
 Every swap goes through the converter registry (:mod:`q8.registry`,
 :func:`q8.register_converter`; built-in converters are registered at the bottom of
@@ -22,13 +25,17 @@ import torch
 
 from . import registry
 from .config import QConfig
-from .nn.conv import Int8Conv2d
+from .fuse import auto_fuse
+from .nn.conv import Int8Conv1d, Int8Conv2d
+from .nn.fused import FusedConv1d, FusedConv2d, FusedLinear, Int8Clamped, _Fused
 from .nn.linear import Int8Linear
-from .nn.qat import FakeQuantize, QATConv2d, QATLinear, _config
+from .nn.qat import FakeQuantize, QATConv1d, QATConv2d, QATLinear, _config
+from .nn.qat_conv import QATConvBn1d, QATConvBn2d, _QATConvBnMixin
 
 __all__ = [
     "QConfig",
     "calibrate",
+    "freeze_bn_stats",
     "convert",
     "enable_fake_quant",
     "enable_observer",
@@ -36,7 +43,10 @@ __all__ = [
     "prepare",
     "prepare_qat",
     "quantize_dynamic",
+    "update_bn_stats",
 ]
+
+from .nn.qat_conv import freeze_bn_stats, update_bn_stats  # noqa: E402
 
 _MODES = ("dynamic", "weight_only")
 
@@ -58,14 +68,27 @@ def _skip_check(model: torch.nn.Module, skip, where: str):
     return skipped
 
 
-def _swap(model: torch.nn.Module, mode: str, arg, skip, where: str) -> torch.nn.Module:
-    """Convert ``model`` with the registry's ``mode`` converters (see :mod:`q8.registry`)."""
+def _swap(model: torch.nn.Module, mode: str, arg, skip, where: str, fuse: bool = False, fold: bool = False,
+          linear_bn: bool = True) -> torch.nn.Module:
+    """Convert ``model`` with the registry's ``mode`` converters (see :mod:`q8.registry`).
+
+    ``fuse``: first fuse the conv / linear -> BN -> activation chains q8 finds (:func:`q8.fuse.auto_fuse`);
+    ``fold``: fold every fused BatchNorm into its layer (running statistics), in place (static PTQ).
+    """
     if not isinstance(model, torch.nn.Module):
         raise TypeError(f"{where}: expected a torch.nn.Module, got {type(model).__name__}")
-    return registry.walk(model, mode, arg, _skip_check(model, skip, where), where)
+    skipped = _skip_check(model, skip, where)
+    if fuse:
+        auto_fuse(model, skipped, linear_bn=linear_bn)
+    if fold:
+        for name, m in model.named_modules():
+            if isinstance(m, _Fused) and not skipped(name):
+                m.fold_bn_()
+    return registry.walk(model, mode, arg, skipped, where)
 
 
-def quantize_dynamic(model: torch.nn.Module, activation: str = "dynamic", skip: Iterable[str] = ()) -> torch.nn.Module:
+def quantize_dynamic(model: torch.nn.Module, activation: str = "dynamic", skip: Iterable[str] = (),
+                     fuse: bool = True) -> torch.nn.Module:
     """Replace every ``nn.Linear`` by :class:`q8.nn.Int8Linear` and every ``nn.Conv2d`` by :class:`q8.nn.Int8Conv2d`.
 
     Also every other registered type (``nn.MultiheadAttention`` and the transformer
@@ -78,12 +101,18 @@ def quantize_dynamic(model: torch.nn.Module, activation: str = "dynamic", skip: 
         activation: for the linear layers: ``"dynamic"`` (activations quantized per
             row at run time) or ``"weight_only"``. ``"static"`` is refused: it needs
             calibrated input qparams; use :func:`prepare` / :func:`calibrate` /
-            :func:`convert`. Convolutions always keep float activations (their int8
-            weights are dequantized to compute: a 4x smaller layer, not a faster one).
+            :func:`convert`. Convolutions get the same ``activation``
+            (``Int8Conv2d.from_float(conv, activation=a)``: ``"dynamic"`` quantizes each
+            sample at run time and runs the int8 convolution kernel).
         skip: qualified module names (as in ``model.named_modules()``) to leave in
             float: a named layer is kept, and so is every layer inside a named
             container. Every name must exist in the model (a typo is an error, not a
             silently unquantized layer).
+        fuse: first fuse ``conv -> BatchNorm -> ReLU`` chains (and ``Linear ->
+            BatchNorm1d``) q8 finds (``docs/fusion.md``): the BatchNorm is folded into
+            the weight and bias (its running statistics: the model should be in eval
+            mode) and the activation becomes the conv's output clamp. ``False`` keeps
+            the model's structure; :func:`q8.fuse_modules` fuses by hand.
     """
     if activation == "static":
         raise ValueError("q8.quantize_dynamic: activation='static' needs calibrated input_scale and "
@@ -92,11 +121,12 @@ def quantize_dynamic(model: torch.nn.Module, activation: str = "dynamic", skip: 
                          "activation='dynamic' / 'weight_only' here")
     if activation not in _MODES:
         raise ValueError(f"q8.quantize_dynamic: activation must be 'dynamic' or 'weight_only', got {activation!r}")
-    return _swap(model, "dynamic", activation, skip, "q8.quantize_dynamic")
+    return _swap(model, "dynamic", activation, skip, "q8.quantize_dynamic", fuse=bool(fuse))
 
 
-def _swap_for_qat(model: torch.nn.Module, config: QConfig, where: str) -> torch.nn.Module:
-    return _swap(model, "qat", config, config.skip, where)
+def _swap_for_qat(model: torch.nn.Module, config: QConfig, where: str, fold: bool) -> torch.nn.Module:
+    # QAT keeps BatchNorms training (QATConvBn2d); q8 has no QAT Linear-BN, so those stay unfused.
+    return _swap(model, "qat", config, config.skip, where, fuse=config.fuse, fold=fold, linear_bn=fold)
 
 
 def prepare_qat(model: torch.nn.Module, config: Optional[QConfig] = None) -> torch.nn.Module:
@@ -108,8 +138,14 @@ def prepare_qat(model: torch.nn.Module, config: Optional[QConfig] = None) -> tor
     their observers and fake quantization on. Train the model as usual, optionally
     :func:`freeze_observers` for the last epochs, then :func:`convert`.
     ``config.skip`` names modules to leave in float.
+
+    With ``config.fuse`` (the default) ``conv -> BatchNorm (-> ReLU)`` chains are fused
+    first (``docs/fusion.md``): a chain with a BatchNorm becomes a
+    :class:`q8.nn.QATConvBn2d` (the folded weight fake-quantized while the BN statistics
+    keep updating; :func:`freeze_bn_stats` freezes them, usually for the last epochs),
+    one without a :class:`q8.nn.QATConv2d` whose output is clamped by the activation.
     """
-    return _swap_for_qat(model, _config(config, "q8.prepare_qat"), "q8.prepare_qat")
+    return _swap_for_qat(model, _config(config, "q8.prepare_qat"), "q8.prepare_qat", fold=False)
 
 
 #: :func:`prepare`'s default: min / max activation observers. A moving average
@@ -124,9 +160,15 @@ def prepare(model: torch.nn.Module, config: Optional[QConfig] = None) -> torch.n
     Then run :func:`calibrate` on representative data and :func:`convert`. The
     default ``config`` is :data:`PTQ_CONFIG` (``QConfig(activation_observer="minmax")``);
     ``QConfig(activation_observer="percentile")`` clips outliers instead.
+
+    With ``config.fuse`` (the default) ``conv / linear -> BatchNorm -> ReLU`` chains are
+    fused and their BatchNorms folded into the layers' weights and biases with the
+    running statistics (PTQ assumes the model is in eval mode); the activation becomes
+    the prepared layer's output clamp, applied before the next layer's input observer,
+    as the converted int8 layer will (``docs/fusion.md``).
     """
     config = PTQ_CONFIG if config is None else _config(config, "q8.prepare")
-    model = _swap_for_qat(model, config, "q8.prepare")
+    model = _swap_for_qat(model, config, "q8.prepare", fold=True)
     enable_observer(model, True)
     enable_fake_quant(model, False)
     return model
@@ -229,8 +271,13 @@ def calibrate(model: torch.nn.Module, data: Iterable, num_batches: Optional[int]
     return model
 
 
-def _weight_qparams(layer, where: str):
-    """The weight's (scale, zero_point) for conversion: those the QAT layer fake-quantizes with now."""
+def _weight_qparams(layer, where: str, weight: Optional[torch.Tensor] = None):
+    """The weight's (codes, scale) for conversion: those the QAT layer fake-quantizes with now.
+
+    ``weight``: the weight the fake quantizer sees (default ``layer.weight``; the folded one for conv-BN).
+    """
+    if weight is None:
+        weight = layer.weight
     fq = layer.weight_fake_quant
     if not fq.per_channel or fq.axis not in (0, -layer.weight.dim()):
         raise ValueError(f"{where}: the weight must be quantized per output channel (axis 0), got "
@@ -242,7 +289,7 @@ def _weight_qparams(layer, where: str):
     fq.sync = False  # convert runs on one rank: no collective
     try:
         with torch.no_grad():
-            fq(layer.weight)  # re-observes the final weight when the weight observer is still on
+            fq(weight)  # re-observes the final weight when the weight observer is still on
     finally:
         fq.sync = sync
     scale, zero_point = fq.calculate_qparams()
@@ -251,7 +298,7 @@ def _weight_qparams(layer, where: str):
                          f"{fq.qscheme!r} with quant range [{fq.quant_min}, {fq.quant_max}]")
     if not bool(torch.isfinite(scale).all()):
         raise ValueError(f"{where}: the weight scale is not finite (a non-finite weight?)")
-    weight = layer.weight.detach().to(torch.float32)
+    weight = weight.detach().to(torch.float32)
     codes = torch.ops.q8.quantize(weight, scale, zero_point, 0, fq.quant_min, fq.quant_max, torch.int8)
     return codes, scale.to(torch.float32)
 
@@ -283,24 +330,85 @@ def _convert_linear(layer, name: str) -> Int8Linear:
     module.input_zero_point = input_zero_point.reshape(()).to(device=device, dtype=torch.int32).clone()
     module.train(layer.training)
     module.repack()
-    return module
+    return _clamped(module, getattr(layer, "clamp_min", None), getattr(layer, "clamp_max", None))
 
 
-def _convert_conv(layer: QATConv2d, name: str) -> Int8Conv2d:
+def _conv_class(layer):
+    """``q8.nn.Int8Conv2d`` / ``Int8Conv1d`` for a (QAT) conv layer."""
+    return Int8Conv2d if isinstance(layer, torch.nn.Conv2d) else Int8Conv1d
+
+
+def _clamped(module: torch.nn.Module, clamp_min, clamp_max, epilogue: bool = True) -> torch.nn.Module:
+    """``module`` with the fused activation: in its own epilogue (``clamp_min`` / ``clamp_max``), or after it."""
+    if clamp_min is None and clamp_max is None:
+        return module
+    if epilogue and hasattr(module, "clamp_min") and hasattr(module, "clamp_max"):
+        module.clamp_min = None if clamp_min is None else float(clamp_min)
+        module.clamp_max = None if clamp_max is None else float(clamp_max)
+        return module
+    return Int8Clamped(module, clamp_min, clamp_max)
+
+
+def _convert_conv(layer, name: str) -> torch.nn.Module:
+    """QATConv1d / QATConv2d / QATConvBn1d / QATConvBn2d -> a static Int8Conv (folded weight, clamp)."""
     where = f"q8.convert: layer {name or '<model>'!r}"
-    codes, scale = _weight_qparams(layer, where)
+    cls = _conv_class(layer)
+    if isinstance(layer, _QATConvBnMixin):
+        weight, bias = layer.folded_weight_and_bias()
+    else:
+        weight, bias = layer.weight, layer.bias
+    codes, scale = _weight_qparams(layer, where, weight)
     input_scale, input_zero_point = _input_qparams(layer, where)
-    module = Int8Conv2d(layer.in_channels, layer.out_channels, layer.kernel_size, layer.stride, layer.padding,
-                        layer.dilation, layer.groups, layer.bias is not None, layer.padding_mode,
-                        static_input=True, device=layer.weight.device)
+    device = layer.weight.device
+    args = (layer.in_channels, layer.out_channels, layer.kernel_size, layer.stride, layer.padding, layer.dilation,
+            layer.groups, bias is not None, layer.padding_mode)
+    module = cls(*args, activation="static", device=device)
     module.weight_int8 = codes.contiguous()
     module.weight_scale = scale.contiguous()
-    if layer.bias is not None:
-        module.bias = layer.bias.detach().to(torch.float32).clone()
-    module.input_scale = input_scale.reshape(()).to(torch.float32).clone()
-    module.input_zero_point = input_zero_point.reshape(()).to(torch.int32).clone()
+    if bias is not None:
+        module.bias = bias.detach().to(torch.float32).clone()
+    module.input_scale = input_scale.reshape(()).to(device=device, dtype=torch.float32).clone()
+    module.input_zero_point = input_zero_point.reshape(()).to(device=device, dtype=torch.int32).clone()
+    module = _clamped(module, layer.clamp_min, layer.clamp_max)
+    module.repack()
     module.train(layer.training)
     return module
+
+
+def _dynamic_conv(conv, activation: str, clamp=(None, None)) -> torch.nn.Module:
+    """A float conv (BN already folded) -> Int8Conv2d / Int8Conv1d.from_float with the clamp in its epilogue
+    (every mode of the int8 conv clamps, weight_only included)."""
+    cls = _conv_class(conv)
+    try:
+        module = cls.from_float(conv, activation=activation)
+    except (TypeError, ValueError) as e:
+        raise NotImplementedError(f"q8.nn.{cls.__name__}.from_float: {e}") from e
+    return _clamped(module, *clamp)
+
+
+def _dynamic_fused(fused, activation: str) -> torch.nn.Module:
+    layer = fused.folded_layer()
+    clamp = fused.clamp()
+    if isinstance(fused, FusedLinear):
+        return _clamped(Int8Linear.from_float(layer, activation), *clamp, epilogue=False)
+    return _dynamic_conv(layer, activation, clamp)
+
+
+def _qat_fused(fused, config: QConfig) -> torch.nn.Module:
+    """FusedConv / FusedLinear -> QATConvBn (BN kept, training) or a QAT layer with the clamp (no BN)."""
+    if isinstance(fused, FusedLinear):
+        if fused.has_bn:
+            raise NotImplementedError("q8 has no QAT Linear + BatchNorm1d: prepare_qat leaves it float (fold it "
+                                      "with model.eval() and q8.prepare, or q8.nn.fused.fold_bn, first)")
+        qat = QATLinear.from_float(fused.linear, config)
+    elif fused.has_bn:
+        cls = QATConvBn2d if isinstance(fused, FusedConv2d) else QATConvBn1d
+        return cls.from_fused(fused, config)
+    else:
+        cls = QATConv2d if isinstance(fused, FusedConv2d) else QATConv1d
+        qat = cls.from_float(fused.conv, config)
+    qat.clamp_min, qat.clamp_max = fused.clamp()
+    return qat
 
 
 def convert(model: torch.nn.Module) -> torch.nn.Module:
@@ -310,9 +418,10 @@ def convert(model: torch.nn.Module) -> torch.nn.Module:
       int8 weights with the weight fake quantizer's per-channel scales (re-observed
       on the final weight when its observer is still on; learned ones for LSQ) and
       the input fake quantizer's scale / zero point;
-    * :class:`q8.nn.QATConv2d` → :class:`q8.nn.Int8Conv2d`: int8 weights likewise,
-      dequantized to compute (4x smaller, not faster), the input fake-quantized with
-      the calibrated qparams.
+    * :class:`q8.nn.QATConv2d` (and the fused / conv-BN QAT layers) → :class:`q8.nn.Int8Conv2d`
+      with ``activation="static"`` on the int8 convolution kernel: int8 weights likewise
+      (BatchNorm folded), the calibrated input qparams, a fused ReLU / ReLU6 as its clamp.
+      :func:`q8.lower` then keeps uint8 tensors between consecutive int8 layers.
 
     The converted model computes what the fake-quantized model computed in eval
     mode, up to float rounding. Requirements (checked, with an error naming the
@@ -417,8 +526,12 @@ def _register_builtins() -> None:
     nn = torch.nn
     reg(nn.Linear, dynamic=lambda m, a: Int8Linear.from_float(m, a), qat=lambda m, c: QATLinear.from_float(m, c))
     reg(QATLinear, convert=lambda m: _convert_linear(m, _name()))
-    reg(nn.Conv2d, dynamic=lambda m, a: Int8Conv2d.from_float(m), qat=lambda m, c: QATConv2d.from_float(m, c))
-    reg(QATConv2d, convert=lambda m: _convert_conv(m, _name()))
+    reg(nn.Conv2d, dynamic=_dynamic_conv, qat=lambda m, c: QATConv2d.from_float(m, c))
+    reg(nn.Conv1d, dynamic=_dynamic_conv, qat=lambda m, c: QATConv1d.from_float(m, c))
+    for t in (QATConv2d, QATConv1d, QATConvBn2d, QATConvBn1d):
+        reg(t, convert=lambda m: _convert_conv(m, _name()))
+    for t in (FusedConv2d, FusedConv1d, FusedLinear):
+        reg(t, dynamic=_dynamic_fused, qat=_qat_fused)
     reg(nn.MultiheadAttention, dynamic=lambda m, a: Int8MultiheadAttention.from_float(m, a),
         qat=lambda m, c: QATMultiheadAttention.from_float(m, c))
     reg(QATMultiheadAttention, convert=_convert_qat_mha)

@@ -356,7 +356,7 @@ def registered():
 
 def test_user_converter_report_log_and_no_noise(registered, caplog):
     registered(Scaled, dynamic=lambda m, a: Int8Linear.from_float(_as_linear(m), a))
-    model = nn.Sequential(Scaled(), nn.ReLU(), Block(), nn.Dropout(), nn.Conv1d(8, 8, 1))
+    model = nn.Sequential(Scaled(), nn.ReLU(), Block(), nn.Dropout(), nn.ConvTranspose1d(8, 8, 1))
     x = torch.randn(2, 8)
     with caplog.at_level(logging.INFO, logger="q8"), warnings.catch_warnings():
         warnings.simplefilter("error")  # nothing q8 could convert is left float: no warning
@@ -366,7 +366,7 @@ def test_user_converter_report_log_and_no_noise(registered, caplog):
     assert [(e.name, e.from_type, e.to_type) for e in report.converted] == [
         ("0", "Scaled", "Int8Linear"), ("2.fc", "Linear", "Int8Linear")]
     assert [(e.name, e.status) for e in report.left_float] == [("4", "no_converter")]  # no ReLU / LayerNorm noise
-    assert "q8 has no converter for Conv1d" in str(report)
+    assert "q8 has no converter for ConvTranspose1d" in str(report)
     [record] = [r for r in caplog.records if r.name == "q8"]
     assert record.levelno == logging.INFO
     assert "converted 2 module(s) (Scaled->Int8Linear x1, Linear->Int8Linear x1); left 1 float (1 no_converter)" \

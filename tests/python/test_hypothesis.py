@@ -1,4 +1,5 @@
 """Property-based tests: hypothesis looks for inputs where q8 and the reference disagree."""
+import pytest
 import torch
 from hypothesis import given, settings, HealthCheck
 from hypothesis import strategies as st
@@ -95,6 +96,7 @@ def gemm_problem(draw):
     return a.reshape(m, k), w.reshape(n, k), zp
 
 
+@pytest.mark.single_torch  # long; exactness does not depend on the torch release
 @given(gemm_problem(), st.sampled_from(q8.cpu_isas()))
 @settings(**SETTINGS)
 def test_int8_mm_is_exact(problem, isa):

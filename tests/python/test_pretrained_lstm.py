@@ -34,6 +34,7 @@ def _have_resemblyzer():
 
 
 pytestmark = [
+    pytest.mark.single_torch,  # a long numerics run; the torch matrix's other releases deselect it
     pytest.mark.skipif(not _have_resemblyzer(), reason="resemblyzer's weights are not installed "
                        "(scripts/setup.sh installs them: pip install --no-deps resemblyzer==0.1.4)"),
     pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="espeak-ng is not installed (scripts/setup.sh "

@@ -321,8 +321,15 @@ def test_int8_conv2d_from_float(device, cfg):
     codes, scale = q8.quantize_weight(conv.weight.detach().reshape(conv.out_channels, -1))
     w = (codes.float() * scale[:, None]).reshape(conv.weight.shape)
     assert torch.equal(m.dequantized_weight(), w)
-    torch.testing.assert_close(m(x), conv._conv_forward(x, w, conv.bias), rtol=0, atol=1e-6)
+    # "dynamic" (q8.conv2d) quantizes each sample to uint8 with its own min/max qparams:
+    # the reference is the float convolution of that fake-quantized input (exact integer
+    # accumulation in the kernel vs float32 sums here: float rounding only).
+    xq = torch.cat([fq_ref(x[n:n + 1], *q8.choose_qparams(x[n], 0, 255), 0, 255) for n in range(x.size(0))])
+    torch.testing.assert_close(m(x), conv._conv_forward(xq, w, conv.bias), rtol=0, atol=1e-5)
     torch.testing.assert_close(m(x), conv(x), rtol=0.05, atol=0.05)
+    # "weight_only" keeps the float input: F.conv2d with the dequantized weight.
+    wo = Int8Conv2d.from_float(conv, activation="weight_only")
+    torch.testing.assert_close(wo(x), conv._conv_forward(x, w, conv.bias), rtol=0, atol=1e-6)
     # state_dict round trip, TorchScript, bf16 input, .half() keeps the buffers' dtypes
     m2 = Int8Conv2d(**cfg, device=device)
     m2.load_state_dict(m.state_dict())
@@ -349,7 +356,7 @@ def test_int8_conv2d_bad_arguments():
     with pytest.raises(ValueError, match="both input_scale and input_zero_point"):
         Int8Conv2d.from_float(nn.Conv2d(1, 1, 1), input_scale=torch.tensor(0.1))
     with pytest.raises(ValueError, match=r"input_zero_point must be an integer in \[0, 255\]"):
-        Int8Conv2d.from_float(nn.Conv2d(1, 1, 1), torch.tensor(0.1), torch.tensor(300))
+        Int8Conv2d.from_float(nn.Conv2d(1, 1, 1), "static", torch.tensor(0.1), torch.tensor(300))
     with pytest.raises(ValueError, match="weight zero points must be 0"):
         Int8Conv2d.from_float(nn.Conv2d(2, 2, 1), weight_qparams=(torch.ones(2), torch.ones(2, dtype=torch.int32)))
 

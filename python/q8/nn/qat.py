@@ -42,7 +42,7 @@ from torch import Tensor
 
 from ..config import OBSERVERS, QConfig, quant_range
 
-__all__ = ["FakeQuantize", "QATLinear", "QATConv2d"]
+__all__ = ["FakeQuantize", "QATLinear", "QATConv1d", "QATConv2d"]
 
 # The smallest normal float32 (a literal: TorchScript cannot read a global float).
 _FLT_TINY = 1.1754943508222875e-38
@@ -409,12 +409,21 @@ class QATLinear(torch.nn.Linear):
     quantizers are the submodules ``weight_fake_quant`` and ``input_fake_quant``,
     built from ``config`` (default :class:`q8.QConfig`). :func:`q8.convert` turns
     the layer into a :class:`q8.nn.Int8Linear`.
+
+    ``clamp_min`` / ``clamp_max`` (None: unbounded; set by the fusion of a following
+    ReLU / ReLU6 / Hardtanh, ``docs/fusion.md``) clamp the output, before the next
+    layer's input observer sees it, as the converted layer will.
     """
+
+    clamp_min: Optional[float]
+    clamp_max: Optional[float]
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, config: Optional[QConfig] = None,
                  device=None, dtype=None) -> None:
         super().__init__(in_features, out_features, bias, device=device, dtype=dtype)
         config = _config(config)
+        self.clamp_min = None
+        self.clamp_max = None
         self.weight_fake_quant = config.weight_fake_quant(out_features, device=device)
         self.input_fake_quant = config.activation_fake_quant(device=device)
 
@@ -430,34 +439,101 @@ class QATLinear(torch.nn.Linear):
         qat = cls(linear.in_features, linear.out_features, linear.bias is not None, config, device="meta")
         return _around(qat, linear, linear.out_features, config)
 
+    def extra_repr(self) -> str:
+        return super().extra_repr() + _clamp_repr(self.clamp_min, self.clamp_max)
+
     def forward(self, input: Tensor) -> Tensor:
-        return F.linear(self.input_fake_quant(input), self.weight_fake_quant(self.weight), self.bias)
+        y = F.linear(self.input_fake_quant(input), self.weight_fake_quant(self.weight), self.bias)
+        return _clamp(y, self.clamp_min, self.clamp_max)
+
+
+class _QATConvNd:
+    """The shared part of :class:`QATConv1d` / :class:`QATConv2d` (a mixin over ``nn.ConvNd``)."""
+
+    def _qat_init(self, out_channels: int, config: Optional[QConfig], device) -> None:
+        config = _config(config)
+        self.clamp_min = None
+        self.clamp_max = None
+        self.weight_fake_quant = config.weight_fake_quant(out_channels, device=device)
+        self.input_fake_quant = config.activation_fake_quant(device=device)
 
 
 class QATConv2d(torch.nn.Conv2d):
     """``nn.Conv2d`` with its weight fake-quantized per output channel and its input per tensor.
 
-    As :class:`QATLinear`; :func:`q8.convert` turns it into a :class:`q8.nn.Int8Conv2d`.
+    As :class:`QATLinear` (``clamp_min`` / ``clamp_max`` included); :func:`q8.convert`
+    turns it into a :class:`q8.nn.Int8Conv2d`.
     """
+
+    clamp_min: Optional[float]
+    clamp_max: Optional[float]
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0, dilation=1,
                  groups: int = 1, bias: bool = True, padding_mode: str = "zeros", config: Optional[QConfig] = None,
                  device=None, dtype=None) -> None:
         super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias,
                          padding_mode, device=device, dtype=dtype)
-        config = _config(config)
-        self.weight_fake_quant = config.weight_fake_quant(out_channels, device=device)
-        self.input_fake_quant = config.activation_fake_quant(device=device)
+        _QATConvNd._qat_init(self, out_channels, config, device)
 
     @classmethod
     def from_float(cls, conv: torch.nn.Conv2d, config: Optional[QConfig] = None) -> "QATConv2d":
         """A ``QATConv2d`` that **shares** ``conv``'s weight and bias parameters."""
-        if not isinstance(conv, torch.nn.Conv2d):
-            raise TypeError(f"QATConv2d.from_float: expected a torch.nn.Conv2d, got {type(conv).__name__}")
-        config = _config(config)
-        qat = cls(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding, conv.dilation,
-                  conv.groups, conv.bias is not None, conv.padding_mode, config, device="meta")
-        return _around(qat, conv, conv.out_channels, config)
+        return _conv_from_float(cls, torch.nn.Conv2d, conv, config)
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + _clamp_repr(self.clamp_min, self.clamp_max)
 
     def forward(self, input: Tensor) -> Tensor:
-        return self._conv_forward(self.input_fake_quant(input), self.weight_fake_quant(self.weight), self.bias)
+        y = self._conv_forward(self.input_fake_quant(input), self.weight_fake_quant(self.weight), self.bias)
+        return _clamp(y, self.clamp_min, self.clamp_max)
+
+
+class QATConv1d(torch.nn.Conv1d):
+    """``nn.Conv1d`` for QAT, as :class:`QATConv2d`; :func:`q8.convert` turns it into a ``q8.nn.Int8Conv1d``."""
+
+    clamp_min: Optional[float]
+    clamp_max: Optional[float]
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0, dilation=1,
+                 groups: int = 1, bias: bool = True, padding_mode: str = "zeros", config: Optional[QConfig] = None,
+                 device=None, dtype=None) -> None:
+        super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias,
+                         padding_mode, device=device, dtype=dtype)
+        _QATConvNd._qat_init(self, out_channels, config, device)
+
+    @classmethod
+    def from_float(cls, conv: torch.nn.Conv1d, config: Optional[QConfig] = None) -> "QATConv1d":
+        """A ``QATConv1d`` that **shares** ``conv``'s weight and bias parameters."""
+        return _conv_from_float(cls, torch.nn.Conv1d, conv, config)
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + _clamp_repr(self.clamp_min, self.clamp_max)
+
+    def forward(self, input: Tensor) -> Tensor:
+        y = self._conv_forward(self.input_fake_quant(input), self.weight_fake_quant(self.weight), self.bias)
+        return _clamp(y, self.clamp_min, self.clamp_max)
+
+
+def _conv_from_float(cls, float_type, conv, config):
+    if not isinstance(conv, float_type):
+        raise TypeError(f"{cls.__name__}.from_float: expected a torch.nn.{float_type.__name__}, got "
+                        f"{type(conv).__name__}")
+    config = _config(config)
+    qat = cls(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding, conv.dilation,
+              conv.groups, conv.bias is not None, conv.padding_mode, config, device="meta")
+    return _around(qat, conv, conv.out_channels, config)
+
+
+def _clamp_repr(clamp_min, clamp_max) -> str:
+    if clamp_min is None and clamp_max is None:
+        return ""
+    return f", clamp_min={clamp_min}, clamp_max={clamp_max}"
+
+
+def _clamp(y: Tensor, clamp_min: Optional[float], clamp_max: Optional[float]) -> Tensor:
+    """The fused activation: ``y`` clamped to ``[clamp_min, clamp_max]`` (None: unbounded; NaN stays NaN)."""
+    if clamp_min is not None:
+        y = torch.clamp_min(y, clamp_min)
+    if clamp_max is not None:
+        y = torch.clamp_max(y, clamp_max)
+    return y
