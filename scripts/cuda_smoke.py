@@ -144,6 +144,33 @@ def main():
         a = torch.randint(0, 256, (m, 131), dtype=torch.uint8)
         zp = torch.randint(0, 256, (m,), dtype=torch.int32)
         ok &= same(q8.int8_mm(a.to(d), packed_d, 70, zp.to(d)), q8.int8_mm(a, packed, 70, zp), f"int8_mm M={m}")
+    # Int8 conv2d: every path (cuBLASLt, dp4a int32 / int64, depthwise) and the fused epilogue.
+    conv, pack_conv, unpack_conv = torch.ops.q8.conv2d, torch.ops.q8.pack_conv_weight, torch.ops.q8.unpack_conv_weight
+    cases = [  # N, C, H, W, OC, kernel, stride, padding, groups
+        (2, 3, 9, 7, 10, (3, 3), (1, 1), (1, 1), 1),
+        (1, 12, 5, 5, 18, (3, 1), (2, 1), (1, 0), 3),
+        (2, 16, 7, 6, 16, (3, 3), (2, 2), (1, 1), 16),
+        (1, 8192, 3, 3, 3, (3, 3), (1, 1), (0, 0), 1),
+    ]
+    for (n, c, h, w, oc, k, st, p, g) in cases:
+        xc = torch.randn(n, c, h, w) * 2
+        xc[-1, 0, 0, 0] = float("nan")
+        w8 = torch.randint(-128, 128, (oc, c // g, *k), dtype=torch.int8)
+        wsc, bc = torch.rand(oc) * 0.01 + 0.001, torch.randn(oc)
+        oh, ow = (h + 2 * p[0] - k[0]) // st[0] + 1, (w + 2 * p[1] - k[1]) // st[1] + 1
+        ru = torch.randint(0, 256, (n, oc, oh, ow), dtype=torch.uint8)
+        pc, pd = pack_conv(w8, g), pack_conv(w8.to(d), g)
+        ok &= same(unpack_conv(pd, oc, c // g, list(k), g), w8, f"conv pack round trip {c}x{oc}")
+        geo = dict(kernel_size=list(k), stride=list(st), padding=list(p), groups=g)
+        ok &= same(conv(xc.to(d).bfloat16(), pd, wsc.to(d), bc.to(d), **geo, clamp_min=0.0),
+                   conv(xc.bfloat16(), pc, wsc, bc, **geo, clamp_min=0.0), f"conv2d dynamic {c}x{oc}")
+        xu = torch.randint(0, 256, (n, c, h, w), dtype=torch.uint8)
+        kw = dict(activation="static", input_scale=torch.tensor(0.05), input_zero_point=torch.tensor(100),
+                  residual=ru, residual_scale=torch.tensor(0.02), residual_zero_point=torch.tensor(128),
+                  clamp_min=0.0, clamp_max=6.0, output_scale=torch.tensor(0.03), output_zero_point=torch.tensor(0))
+        kwd = {key: (v.to(d) if isinstance(v, torch.Tensor) else v) for key, v in kw.items()}
+        ok &= same(conv(xu.to(d), pd, wsc.to(d), bc.to(d), **geo, **kwd), conv(xu, pc, wsc, bc, **geo, **kw),
+                   f"conv2d static uint8 {c}x{oc}")
     torch.cuda.synchronize()
     print("cuda smoke: " + ("OK" if ok else "FAILED"))
     return 0 if ok else 1

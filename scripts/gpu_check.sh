@@ -7,7 +7,7 @@
 #   3. run compute-sanitizer on a smoke run of every op (scripts/cuda_smoke.py): memcheck
 #      (out-of-bounds / misaligned accesses), racecheck (shared-memory data races) and
 #      synccheck (__syncthreads / warp-sync misuse);
-#   4. run the CUDA benchmarks (fake quantization, int8 linear).
+#   4. run the CUDA benchmarks (fake quantization, int8 linear, int8 conv2d).
 # Logs and tables go to $OUT (default build/gpu-check); a summary ends the output.
 # It keeps going after a failed step and exits non-zero if any step failed.
 #
@@ -53,7 +53,7 @@ else
   record build FAILED
 fi
 export PYTHONPATH="$ROOT/python${PYTHONPATH:+:$PYTHONPATH}"
-"$PY" -c "import torch, q8; print('q8 CUDA kernels:', torch._C._dispatch_has_kernel_for_dispatch_key('q8::linear', 'CUDA'), torch._C._dispatch_has_kernel_for_dispatch_key('q8::fake_quantize_per_tensor', 'CUDA'))" 2>&1 | tee -a "$OUT/machine.txt"
+"$PY" -c "import torch, q8; print('q8 CUDA kernels:', torch._C._dispatch_has_kernel_for_dispatch_key('q8::linear', 'CUDA'), torch._C._dispatch_has_kernel_for_dispatch_key('q8::fake_quantize_per_tensor', 'CUDA'), torch._C._dispatch_has_kernel_for_dispatch_key('q8::conv2d', 'CUDA'))" 2>&1 | tee -a "$OUT/machine.txt"
 
 echo "=== CUDA tests ($(elapsed))"
 if timeout 300 "$PY" -m pytest tests/python -q -p no:cacheprovider -k cuda -x -n 4 >"$OUT/pytest.log" 2>&1 \
@@ -94,6 +94,8 @@ timeout 150 "$PY" benchmarks/bench_cuda_fake_quantize.py "${QUICK[@]}" --out "$O
   && record "fake-quant benchmark" ok || record "fake-quant benchmark" FAILED
 timeout 200 "$PY" benchmarks/bench_cuda_linear.py "${QUICK[@]}" --json "$OUT/bench_cuda_linear.json" \
   | tee "$OUT/bench_cuda_linear.txt" && record "linear benchmark" ok || record "linear benchmark" FAILED
+timeout 150 "$PY" benchmarks/bench_cuda_conv.py "${QUICK[@]}" --json "$OUT/bench_cuda_conv.json" \
+  | tee "$OUT/bench_cuda_conv.txt" && record "conv benchmark" ok || record "conv benchmark" FAILED
 
 echo "=== summary ($(elapsed))"
 printf '%s\n' "${SUMMARY[@]}" | tee "$OUT/summary.txt"

@@ -69,6 +69,7 @@ python benchmarks/bench_histogram.py --quick
 python -W ignore benchmarks/bench_models.py --quick
 python -W ignore benchmarks/bench_rnn.py --quick
 python benchmarks/bench_embedding.py --quick
+python -W ignore benchmarks/bench_conv.py --quick
 
 stamp "Python tests (pytest, torch $(python -c 'import torch; print(torch.__version__)'))"
 python scripts/run_pytest.py tests/python

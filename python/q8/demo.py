@@ -20,6 +20,17 @@ What it does, in order:
    * ``int8 QAT``: ``q8.prepare_qat`` on a copy of the float model, a few epochs of
      fine-tuning through fake quantization (observers frozen for the second half),
      then ``q8.convert``;
+   * ``torch.ao FX static (x86)``, for comparison: torch.ao's ``prepare_fx`` /
+     ``convert_fx`` calibrated on the same batches (not in the goals);
+   * ``int8 static PTQ, q8.lower`` (when this q8 has ``q8.lower``): the static PTQ
+     model lowered to a graph that keeps uint8 tensors between consecutive int8
+     layers (skipped, with the reason, when lowering fails);
+
+   then a **weight-bit sweep**: weights at 8, 6, 4, 3 and 2 bits, PTQ and QAT (a few
+   hundred fine-tuning steps), per-tensor and per-channel scales, with q8's own
+   ``QConfig(weight_bits=...)`` / ``q8.nn.FakeQuantize``; every point is converted
+   (``q8.convert``: the narrow codes stored and run as int8) and scored, against the
+   size its weights would take stored at that width (``--no-sweep`` skips it);
 
 4. exports every model (float32 too) to TorchScript, saves it, loads it back and
    evaluates the *reloaded* model on the test set (on ``--threads`` threads); the
@@ -27,7 +38,8 @@ What it does, in order:
    ``examples/cpp/infer``;
 5. times every reloaded model at batch 256 and batch 1 (interleaved: one round
    runs every model once, median of the rounds), and prints and writes a table,
-   two figures (weight histogram float32 vs int8, accuracy vs latency) and
+   three figures (weight histogram float32 vs int8, accuracy vs latency, accuracy vs
+   weight storage for the sweep) and
    ``report.md``, with PASS/MISS lines for the accuracy and size goals.
 
 The accuracies are deterministic given ``--seed`` and ``--train-threads`` (the data
@@ -59,8 +71,11 @@ FLOAT = "float32"
 DYNAMIC = "int8 dynamic PTQ"
 STATIC = "int8 static PTQ"
 QAT = "int8 QAT"
+LOWERED = "int8 static PTQ, q8.lower"
+TORCH_AO = "torch.ao FX static (x86)"
 
-_FILE_NAMES = {FLOAT: "float32.pt", DYNAMIC: "int8_dynamic.pt", STATIC: "int8_static.pt", QAT: "int8_qat.pt"}
+_FILE_NAMES = {FLOAT: "float32.pt", DYNAMIC: "int8_dynamic.pt", STATIC: "int8_static.pt", QAT: "int8_qat.pt",
+               LOWERED: "int8_static_lowered.pt", TORCH_AO: "torch_ao_fx_static.pt"}
 
 
 class DigitsCNN(nn.Module):
@@ -110,6 +125,9 @@ def parse_args(argv=None):
     p.add_argument("--train-threads", type=int, default=1,
                    help="threads for training, calibration and QAT (default: 1: the model is small, one thread "
                         "is as fast on a busy machine, and the trained weights do not depend on --threads)")
+    p.add_argument("--sweep-qat-steps", type=int, default=None,
+                   help="QAT fine-tuning steps of each point of the weight-bit sweep (default: 200, quick: 40)")
+    p.add_argument("--no-sweep", action="store_true", help="skip the weight-bit sweep (8, 6, 4, 3, 2 bits)")
     p.add_argument("--hidden", type=int, default=256, help="width of the hidden linear layer (default: 256)")
     p.add_argument("--no-progress", action="store_true", help="no tqdm progress bars")
     p.add_argument("--strict", action="store_true", help="exit with status 1 when a goal is missed")
@@ -117,6 +135,10 @@ def parse_args(argv=None):
     args.epochs = args.epochs if args.epochs is not None else (8 if args.quick else 30)
     args.qat_epochs = args.qat_epochs if args.qat_epochs is not None else (2 if args.quick else 4)
     args.runs = args.runs if args.runs is not None else (5 if args.quick else 21)
+    args.sweep_qat_steps = (args.sweep_qat_steps if args.sweep_qat_steps is not None
+                            else (40 if args.quick else 200))
+    if args.sweep_qat_steps < 1:
+        p.error("--sweep-qat-steps must be at least 1")
     if args.runs < 5:
         p.error("--runs must be at least 5 (the latency is a median of at least 5 timed rounds)")
     args.threads = args.threads or (os.cpu_count() or 1)
@@ -260,13 +282,213 @@ def build_qat(float_model, ctx):
     return q8.convert(m.eval()).eval()
 
 
-# name, builder, q8 functions it needs
-VARIANTS = [
-    (DYNAMIC, build_dynamic, ("quantize_dynamic",)),
-    (STATIC, build_static, ("QConfig", "prepare", "calibrate", "convert")),
-    (QAT, build_qat, ("QConfig", "prepare_qat", "convert")),
-]
+def build_lowered(float_model, ctx):
+    """The static PTQ model through ``q8.lower``: uint8 tensors between consecutive int8 layers."""
+    return q8.lower(build_static(float_model, ctx)).eval()
 
+
+def build_torch_ao(float_model, ctx):
+    """For comparison: torch.ao's FX static PTQ (x86 backend), calibrated on the same batches."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch.ao.quantization's deprecation notices
+        from torch.ao.quantization import get_default_qconfig_mapping
+        from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx
+
+        if torch.backends.quantized.engine != "x86":
+            torch.backends.quantized.engine = "x86"  # the default on x86 CPUs; an error elsewhere (skipped)
+        batches = ctx["calib_batches"]
+        m = prepare_fx(copy.deepcopy(float_model).eval(), get_default_qconfig_mapping("x86"), (batches[0][:1],))
+        with torch.no_grad():
+            for xb in batches:
+                m(xb)
+        return convert_fx(m).eval()
+
+
+# name, builder, q8 functions it needs, optional (a failure skips the variant instead of stopping the demo)
+VARIANTS = [
+    (DYNAMIC, build_dynamic, ("quantize_dynamic",), False),
+    (STATIC, build_static, ("QConfig", "prepare", "calibrate", "convert"), False),
+    (QAT, build_qat, ("QConfig", "prepare_qat", "convert"), False),
+    (LOWERED, build_lowered, ("QConfig", "prepare", "calibrate", "convert", "lower"), True),
+    (TORCH_AO, build_torch_ao, (), True),
+]
+# Variants that are not q8's: in the table and the figure, not in the goals.
+REFERENCES = (TORCH_AO,)
+
+
+# ---------------------------------------------------------------------------- weight-bit sweep
+#
+# On digits every int8 variant scores what float32 does: 8 bits are more than this
+# model needs. The sweep lowers the weight width until accuracy falls. Weights get
+# ``bits``-bit codes (symmetric, [-(2^(bits-1) - 1), 2^(bits-1) - 1]) with q8's own
+# machinery (QConfig(weight_bits=...), q8.nn.FakeQuantize), activations stay uint8;
+# q8.convert then stores the narrow codes in int8 containers and runs them on the
+# int8 kernels: every sweep point is evaluated as a converted int8 model.
+
+SWEEP_BITS = (8, 6, 4, 3, 2)
+SWEEP_METHODS = ("PTQ", "QAT")
+SWEEP_GRANULARITIES = ("per channel", "per tensor")
+SWEEP_NOTE = ("sub-8-bit points are fake-quantized: their b-bit weight codes are stored and run as int8; "
+              "size = b bits x weights + float32 scales and biases (what the weights would take stored at b bits)")
+
+
+def _weight_layers(model):
+    """The modules that carry a weight fake quantizer (QATLinear, QATConv2d, ...)."""
+    return [m for m in model.modules() if isinstance(getattr(m, "weight_fake_quant", None), q8.nn.FakeQuantize)]
+
+
+def _per_tensor_weights(model, bits):
+    """Give every weight a per-tensor symmetric ``bits``-bit quantizer (q8.QConfig only makes per-channel ones)."""
+    for m in _weight_layers(model):
+        m.weight_fake_quant = q8.nn.FakeQuantize(observer="current", qscheme="per_tensor_symmetric", bits=bits,
+                                                 device=m.weight.device)
+    return model
+
+
+def _per_tensor_as_per_channel(model):
+    """Before q8.convert (which takes per-channel weight qparams): the per-tensor scale repeated per channel.
+
+    The same codes and the same values: a per-channel quantizer whose channels all
+    hold the tensor's scale (observed on the final weight), its observer off.
+    """
+    for m in _weight_layers(model):
+        fq = m.weight_fake_quant
+        if fq.per_channel:
+            continue
+        with torch.no_grad():
+            fq(m.weight)  # observes the final weight when the observer is still on
+        scale, _ = fq.calculate_qparams()
+        channels = m.weight.shape[0]
+        pc = q8.nn.FakeQuantize(observer="current", qscheme="per_channel_symmetric", channels=channels,
+                                quant_min=fq.quant_min, quant_max=fq.quant_max,
+                                bits=max(2, (fq.quant_max - fq.quant_min).bit_length()), device=m.weight.device)
+        pc.scale.copy_(scale.reshape(()).expand(channels))
+        pc.zero_point.zero_()
+        pc.running_min.copy_(-scale.reshape(()).expand(channels) * fq.quant_max)
+        pc.running_max.copy_(scale.reshape(()).expand(channels) * fq.quant_max)
+        pc.disable_observer()
+        m.weight_fake_quant = pc
+    return model
+
+
+def weight_storage_bytes(model, bits, per_channel):
+    """Bytes of the weights stored at ``bits`` bits (``bits`` = 32: float32) + float32 biases and scales.
+
+    Counts the weights of every nn.Linear / nn.Conv2d (and their QAT versions); other
+    parameters (none in DigitsCNN) in float32.
+    """
+    total = 0.0
+    for m in model.modules():
+        if isinstance(m, (nn.Linear, nn.Conv2d)):
+            w = m.weight
+            total += w.numel() * bits / 8
+            if m.bias is not None:
+                total += 4 * m.bias.numel()
+            if bits < 32:
+                total += 4 * (w.shape[0] if per_channel else 1)
+    return int(round(total))
+
+
+def sweep_point(float_model, bits, method, granularity, ctx):
+    """One sweep point: (converted int8 model, seconds)."""
+    t0 = time.perf_counter()
+    per_channel = granularity == "per channel"
+    if method == "PTQ":
+        m = q8.prepare(copy.deepcopy(float_model), q8.QConfig(weight_bits=bits, activation_observer="minmax"))
+        if not per_channel:
+            _per_tensor_weights(m, bits)
+        q8.calibrate(m, ctx["calib_batches"], progress=False)
+    else:
+        m = q8.prepare_qat(copy.deepcopy(float_model), q8.QConfig(weight_bits=bits))
+        if not per_channel:
+            _per_tensor_weights(m, bits)
+        steps = ctx["sweep_qat_steps"]
+        # fresh seeded loader and augmentation for every point: a point does not depend on the others
+        x_train, y_train, background, seed = ctx["sweep_qat_data"]
+        loader = make_loader(x_train, y_train, 32, seed)
+        epochs = max(1, -(-steps // len(loader)))
+
+        def on_epoch_end(model, epoch):
+            if epoch + 1 == max(1, epochs // 2):
+                q8.enable_observer(model, False)  # activation ranges settle; weight scales follow no more
+                for layer in _weight_layers(model):  # ... except the weights': they keep tracking the weight
+                    layer.weight_fake_quant.enable_observer(True)
+
+        train(m, loader, epochs, lr=ctx["sweep_qat_lr"], desc=f"QAT {bits}-bit {granularity}",
+              progress=False, on_epoch_end=on_epoch_end, augment=(background, torch.Generator().manual_seed(seed)))
+    m.eval()
+    _per_tensor_as_per_channel(m)
+    return q8.convert(m).eval(), time.perf_counter() - t0
+
+
+def run_sweep(float_model, x_test, y_test, ctx, float_accuracy):
+    """Every (bits, method, granularity): rows with accuracy and weight storage size."""
+    rows = []
+    for method in SWEEP_METHODS:
+        for granularity in SWEEP_GRANULARITIES:
+            for bits in SWEEP_BITS:
+                torch.manual_seed(ctx["seed"])
+                model, seconds = sweep_point(float_model, bits, method, granularity, ctx)
+                acc = accuracy(model, x_test, y_test)
+                rows.append({"bits": bits, "method": method, "granularity": granularity, "accuracy": acc,
+                             "size": weight_storage_bytes(float_model, bits, granularity == "per channel"),
+                             "drop": acc - float_accuracy, "seconds": seconds})
+    return rows
+
+
+def format_sweep_table(rows, float_accuracy, float_size):
+    lines = ["| weight bits | method | scales | accuracy (%) | vs float32 (points) | weights (bytes) | size / fp32 |",
+             "|---:|---|---|---:|---:|---:|---:|",
+             f"| 32 (float32) | - | - | {float_accuracy:.2f} | +0.00 | {float_size:,} | 1.000 |"]
+    for r in rows:
+        lines.append(f"| {r['bits']} | {r['method']} | {r['granularity']} | {r['accuracy']:.2f} | "
+                     f"{r['drop']:+.2f} | {r['size']:,} | {r['size'] / float_size:.3f} |")
+    return "\n".join(lines)
+
+
+def plot_sweep(rows, float_accuracy, float_size, path):
+    """Accuracy against weight storage size, one line per (method, granularity); left the whole range, right zoomed."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    styles = {("PTQ", "per tensor"): ("tab:orange", "s", "--"), ("PTQ", "per channel"): ("tab:green", "^", "--"),
+              ("QAT", "per tensor"): ("tab:purple", "D", "-"), ("QAT", "per channel"): ("tab:red", "o", "-")}
+    fig, axes = plt.subplots(1, 2, figsize=(13, 5.4))
+    ticks = sorted({(r["bits"], r["size"]) for r in rows if r["granularity"] == "per channel"})
+    for k, ax in enumerate(axes):
+        for (method, gran), (color, marker, ls) in styles.items():
+            pts = sorted((r["size"], r["accuracy"]) for r in rows
+                         if r["method"] == method and r["granularity"] == gran)
+            if pts:
+                ax.plot([p[0] / 1024 for p in pts], [p[1] for p in pts], ls=ls, color=color, marker=marker,
+                        mfc="none", mew=1.8, ms=7, label=f"{method}, {gran}")
+        ax.scatter([float_size / 1024], [float_accuracy], marker="*", s=160, color="tab:blue", zorder=4,
+                   label=f"float32 ({float_accuracy:.2f} %)")
+        ax.axhline(float_accuracy, color="tab:blue", lw=0.7, ls=":")
+        ax.set_xscale("log", base=2)
+        ax.set_xticks([size / 1024 for _, size in ticks] + [float_size / 1024])
+        ax.set_xticklabels([f"{b} bits\n{size / 1024:.0f}" for b, size in ticks]
+                           + [f"32 bits\n{float_size / 1024:.0f}"], fontsize=8)
+        ax.minorticks_off()
+        ax.set_xlabel("weight storage (KiB, log scale): bits x weights + float32 scales and biases")
+        ax.set_ylabel("test accuracy (%)")
+        ax.grid(True, alpha=0.3)
+        if k == 0:
+            ax.set_title("Accuracy against model size (whole range)")
+            ax.legend(loc="lower right", fontsize=9)
+        else:
+            lo = float_accuracy - 5.0
+            ax.set_ylim(lo, min(100.4, max([float_accuracy] + [r["accuracy"] for r in rows]) + 0.4))
+            ax.set_title(f"Zoom: within 5 points of float32 (points below {lo:.1f} % are off the panel)")
+    fig.suptitle("Digits CNN, weights at 8, 6, 4, 3, 2 bits (symmetric codes), activations uint8: PTQ and QAT, "
+                 "per-tensor and per-channel scales")
+    fig.text(0.01, 0.01, "Sub-8-bit points are fake-quantized: their b-bit weight codes are stored and run as int8 "
+                         "(q8.convert, int8 kernels); the size is what the weights would take stored at b bits.",
+             fontsize=9, color="0.25", va="bottom")
+    fig.tight_layout(rect=(0, 0.04, 1, 1))
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 # ---------------------------------------------------------------------------- TorchScript
 
@@ -277,6 +499,8 @@ def export_and_reload(model, path, example):
     with warnings.catch_warnings():
         # torch 2.13 marks torch.jit.script/trace as deprecated; q8 supports them for C++ deployment.
         warnings.simplefilter("ignore", DeprecationWarning)
+        # scripting torch.ao's converted GraphModule warns about its attributes' annotations
+        warnings.filterwarnings("ignore", message="The TorchScript type system doesn't support instance-level")
         try:
             scripted = torch.jit.script(model)
             how = "script"
@@ -384,7 +608,7 @@ def plot_tradeoff(rows, latency_labels, path):
     import matplotlib.pyplot as plt
 
     styles = {FLOAT: ("tab:blue", "o"), DYNAMIC: ("tab:orange", "s"), STATIC: ("tab:green", "^"),
-              QAT: ("tab:red", "D")}
+              QAT: ("tab:red", "D"), LOWERED: ("tab:purple", "v"), TORCH_AO: ("tab:gray", "P")}
     accs = [r["accuracy"] for r in rows]
     fig, axes = plt.subplots(1, len(latency_labels), figsize=(6.2 * len(latency_labels), 4.6), squeeze=False)
     for ax, label in zip(axes[0], latency_labels):
@@ -458,7 +682,8 @@ def check_goals(rows, skipped):
     by_name = {r["name"]: r for r in rows}
     ref = by_name[FLOAT]["accuracy"]
     lines, ok = [], True
-    for name, limit in ((DYNAMIC, PTQ_MAX_DROP), (STATIC, PTQ_MAX_DROP), (QAT, QAT_MAX_DROP)):
+    for name, limit in ((DYNAMIC, PTQ_MAX_DROP), (STATIC, PTQ_MAX_DROP), (QAT, QAT_MAX_DROP),
+                        (LOWERED, PTQ_MAX_DROP)):
         if name not in by_name:
             lines.append(f"SKIP {name}: accuracy within {limit} point of float32 (not run: {skipped.get(name)})")
             continue
@@ -468,7 +693,7 @@ def check_goals(rows, skipped):
         lines.append(f"{'PASS' if passed else 'MISS'} {name}: accuracy {acc:.2f} % vs float32 {ref:.2f} % "
                      f"({acc - ref:+.2f} points, goal >= -{limit})")
     for r in rows:
-        if r["name"] == FLOAT:
+        if r["name"] == FLOAT or r["name"] in REFERENCES:
             continue
         passed = r["size_ratio"] <= MAX_SIZE_RATIO
         ok &= passed
@@ -477,7 +702,7 @@ def check_goals(rows, skipped):
     return lines, ok
 
 
-def write_report(path, table, goals, info, figures):
+def write_report(path, table, goals, info, figures, sweep_table=None):
     lines = [
         "# q8-demo report",
         "",
@@ -502,6 +727,11 @@ def write_report(path, table, goals, info, figures):
         "",
         *[f"- {g}" for g in goals],
         "",
+        *(["## Weight-bit sweep", "",
+           f"Weights at 8, 6, 4, 3 and 2 bits (symmetric codes), activations uint8; PTQ (calibrated as the static "
+           f"variant) and QAT ({info['sweep_qat_steps']} fine-tuning steps from the float32 model); per-tensor and "
+           f"per-channel weight scales. Accuracy of the converted eager models on the test set; "
+           f"{SWEEP_NOTE}.", "", sweep_table, ""] if sweep_table else []),
         "## Figures",
         "",
         *[f"![{title}]({os.path.basename(p)})\n" for title, p in figures],
@@ -557,10 +787,14 @@ def run(args):
         "qat_augment": (background, torch.Generator().manual_seed(args.seed + 1)),
         "qat_epochs": args.qat_epochs,
         "qat_lr": 2e-4,
+        "seed": args.seed,
+        "sweep_qat_data": (x_train, y_train, background, args.seed + 2),
+        "sweep_qat_steps": args.sweep_qat_steps,
+        "sweep_qat_lr": 5e-4,
     }
     eager = {FLOAT: model}
     skipped = {}
-    for name, build, needs in VARIANTS:
+    for name, build, needs, optional in VARIANTS:
         missing = _missing_api(*needs)
         if missing:
             skipped[name] = f"q8.{', q8.'.join(missing)} not available in this q8"
@@ -568,9 +802,26 @@ def run(args):
             continue
         torch.manual_seed(args.seed)
         t0 = time.perf_counter()
-        eager[name] = build(model, ctx)
+        try:
+            eager[name] = build(model, ctx)
+        except Exception as e:  # noqa: BLE001 (an optional variant: say why and go on)
+            if not optional:
+                raise
+            skipped[name] = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+            print(f"{name}: skipped ({skipped[name]})")
+            continue
         stage_times[name] = time.perf_counter() - t0
         print(f"{name}: built in {stage_times[name]:.1f} s")
+
+    # 2b. weight-bit sweep (8, 6, 4, 3, 2 bits x PTQ / QAT x per tensor / per channel), on --train-threads
+    sweep_rows = []
+    float_accuracy = accuracy(model, x_test, y_test)
+    float_weight_bytes = weight_storage_bytes(model, 32, False)
+    if not args.no_sweep:
+        t0 = time.perf_counter()
+        sweep_rows = run_sweep(model, x_test, y_test, ctx, float_accuracy)
+        stage_times["weight-bit sweep"] = time.perf_counter() - t0
+        print(f"weight-bit sweep: {len(sweep_rows)} points in {stage_times['weight-bit sweep']:.1f} s")
 
     # 3. TorchScript round trip, accuracy of the reloaded models (from here on, --threads)
     torch.set_num_threads(args.threads)
@@ -613,6 +864,16 @@ def run(args):
     plot_weight_histogram(model.fc1, int8_for_hist.fc1, "fc1", hist_path)
     trade_path = os.path.join(args.out, "accuracy_vs_latency.png")
     plot_tradeoff(rows, labels, trade_path)
+    figures = [("weight histogram, float32 vs int8", hist_path), ("accuracy against latency", trade_path)]
+    sweep_table = None
+    if sweep_rows:
+        sweep_table = format_sweep_table(sweep_rows, float_accuracy, float_weight_bytes)
+        print()
+        print(f"weight-bit sweep (test accuracy of the converted eager models; {SWEEP_NOTE}):")
+        print(sweep_table)
+        sweep_path = os.path.join(args.out, "accuracy_vs_weight_bits.png")
+        plot_sweep(sweep_rows, float_accuracy, float_weight_bytes, sweep_path)
+        figures.append(("accuracy against model size, weights at 8 to 2 bits", sweep_path))
     wall = time.perf_counter() - start
     info = {
         "date": datetime.datetime.now().strftime("%Y-%m-%d %H:%M"),
@@ -626,6 +887,7 @@ def run(args):
         "mode": "quick" if args.quick else "full",
         "epochs": args.epochs,
         "qat_epochs": args.qat_epochs,
+        "sweep_qat_steps": args.sweep_qat_steps,
         "runs": args.runs,
         "n_train": len(x_train),
         "n_test": len(x_test),
@@ -635,12 +897,13 @@ def run(args):
         "stages": ", ".join(f"{k} {v:.1f} s" for k, v in stage_times.items()),
     }
     report_path = os.path.join(args.out, "report.md")
-    write_report(report_path, table, goals, info,
-                 [("weight histogram, float32 vs int8", hist_path), ("accuracy against latency", trade_path)])
-    print(f"\nwrote {report_path}, {hist_path}, {trade_path} and the TorchScript files "
+    write_report(report_path, table, goals, info, figures, sweep_table)
+    print(f"\nwrote {report_path}, {', '.join(p for _, p in figures)} and the TorchScript files "
           f"({', '.join(_FILE_NAMES[r['name']] for r in rows)}) in {args.out} ({wall:.1f} s)")
     return {"rows": rows, "goals": goals, "ok": ok, "skipped": skipped, "out": args.out, "report": report_path,
-            "figures": [hist_path, trade_path], "info": info}
+            "figures": [p for _, p in figures], "info": info, "sweep": sweep_rows,
+            "sweep_table": sweep_table, "float_model": model, "float_accuracy": float_accuracy,
+            "float_weight_bytes": float_weight_bytes}
 
 
 def main(argv=None):
