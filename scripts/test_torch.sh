@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds q8 against another torch release in a venv of its own and runs the
 # Python tests with it (pytest-xdist on all cores: scripts/run_pytest.py).
-# scripts/test.sh --matrix calls it for torch 2.11.0, 2.12.0 and 2.14.1. Those wheels are CUDA builds: with nvcc
+# scripts/test.sh --matrix calls it for torch 2.11.0 and 2.14.1 (and 2.12.0 on request). Those wheels are CUDA builds: with nvcc
 # present, the CUDA sources in cuda/ compile and link against the releases named in Q8_MATRIX_CUDA (default
 # "2.14.1"; nothing runs on a GPU); the other releases build the CPU kernels only, which saves minutes of nvcc.
 # Tests marked single_torch (long model-accuracy and numerics runs that touch no release-specific torch API)
