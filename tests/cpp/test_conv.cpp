@@ -69,6 +69,8 @@ TEST(Conv2d, StaticMatchesScalarReferenceOnEveryIsa) {
       {1, 8, 9, 9, 8, 3, 3, 2, 1, 1, 0, 1, 2, 2},    // grouped, strided, dilated
       {1, 5, 6, 6, 5, 3, 3, 1, 1, 1, 1, 1, 1, 5},    // depthwise
       {1, 16, 4, 5, 20, 1, 1, 1, 1, 0, 0, 1, 1, 1},  // 1x1
+      {2, 3, 9, 11, 8, 3, 3, 2, 2, 1, 1, 1, 1, 1},   // the RGB stem: C = 3, stride 2
+      {1, 1, 17, 19, 4, 3, 3, 1, 1, 1, 1, 1, 1, 1},  // one channel; 323 pixels: a 256-pixel block and a tail
   };
   torch::manual_seed(3);
   for (const auto& k : cases) {

@@ -164,6 +164,34 @@ def test_conv2d_half_inputs_give_their_dtype(dtype):
             assert_bits(out, expected)
 
 
+@pytest.mark.parametrize("c", [1, 3, 5])
+def test_conv2d_nchw_float_input_quantized_as_channels_last(c):
+    # A contiguous (NCHW) float input is quantized one channel run at a time (vectorized,
+    # 256-pixel blocks) and interleaved into NHWC: 23 x 29 = 667 pixels make two whole
+    # blocks and a tail. Exact ties (k + 0.5 steps at scale 0.25), out-of-range values,
+    # NaN and Inf must give the codes of the channels_last path and of the reference.
+    n, h, w, oc = 3, 23, 29, 8
+    gen = torch.Generator().manual_seed(c)
+    x = torch.randn(n, c, h, w, generator=gen) * 3
+    ties = (torch.randint(-200, 200, (n, c, h, w), generator=gen).float() + 0.5) * 0.25
+    x = torch.where(torch.rand(n, c, h, w, generator=gen) < 0.3, ties, x)
+    x[0, 0, 0, :4] = torch.tensor([1e6, -1e6, 31.875, -31.875])
+    x[1, c - 1, 20, 3] = float("nan")
+    x[2, 0, 11, 28] = float("inf")
+    w8, ws = make_weight(oc, c, 3, 3, seed=c)
+    packed = qops.pack_conv_weight(w8)
+    st = dict(activation="static", input_scale=torch.tensor(0.25), input_zero_point=torch.tensor(128))
+    u8 = dict(output_scale=torch.tensor(0.07), output_zero_point=torch.tensor(5))
+    for isa in each_isa():
+        for kw in (dict(), st, dict(st, **u8)):
+            args = (packed, ws, None, (3, 3), (2, 1), (1, 1), (1, 1), 1)
+            out = qops.conv2d(x, *args, **kw)
+            assert_bits(out, qops.conv2d(x.contiguous(memory_format=torch.channels_last), *args, **kw))
+            assert_bits(out, ref.conv2d(x, w8, ws, None, (2, 1), (1, 1), (1, 1), 1, **kw))
+            if out.is_floating_point():
+                assert bool(out[1:].isnan().all()) and not bool(out[0].isnan().any())
+
+
 def test_conv2d_nan_and_inf_samples():
     for shape in (SHAPES[0], SHAPES[5]):
         n, c, h, w, oc, k, s, p, d, g = shape

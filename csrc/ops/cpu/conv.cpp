@@ -704,10 +704,42 @@ void build_panel(const uint8_t* x, const Geometry& G, int64_t g, uint8_t zp, int
   constexpr int64_t kStride = gemm::kRows * gemm::kGroup;  // bytes between k groups
   const int64_t cgroups = G.cg4 / 4;
 #if defined(__SSE2__)
-  // A whole panel with Cg a multiple of 4: each tap whose 6 rows all lie inside
-  // the image is one transpose6; a tap with a row outside is filled row by row.
-  if (rows == gemm::kRows && G.cg % 4 == 0) {
+  // A whole panel: each tap whose 6 rows all lie inside the image is one transpose6
+  // when Cg is a multiple of 4; otherwise (the stem's Cg = 3) each row's whole k
+  // groups, then its last group with the bytes past Cg masked to 0 (one 4-byte load
+  // where it stays inside the sample). A tap with a row outside is filled row by row.
+  if (rows == gemm::kRows) {
     const uint32_t zp4 = uint32_t{zp} * 0x01010101u;
+    const bool whole = G.cg % 4 == 0;
+    const int64_t full = G.cg / 4;
+    const int rem = static_cast<int>(G.cg % 4);
+    const uint32_t keep = rem == 0 ? 0u : (uint32_t{1} << (8 * rem)) - 1u;
+    const uint32_t zp_last = zp4 & keep;  // the zero point for the channels < Cg, 0 beyond
+    const uint8_t* const sample_end = x + G.h * G.w * G.c;
+    const auto copy_row = [&](uint8_t* d, const uint8_t* src) {
+      for (int64_t q = 0; q < full; ++q) {
+        std::memcpy(d + q * kStride, src + 4 * q, 4);
+      }
+      if (!whole) {
+        const uint8_t* last = src + 4 * full;
+        uint32_t v = 0;
+        if (last + 4 <= sample_end) {
+          std::memcpy(&v, last, 4);
+          v &= keep;
+        } else {
+          std::memcpy(&v, last, static_cast<size_t>(rem));  // little-endian: the low bytes
+        }
+        std::memcpy(d + full * kStride, &v, 4);
+      }
+    };
+    const auto pad_row = [&](uint8_t* d) {
+      for (int64_t q = 0; q < full; ++q) {
+        std::memcpy(d + q * kStride, &zp4, 4);
+      }
+      if (!whole) {
+        std::memcpy(d + full * kStride, &zp_last, 4);
+      }
+    };
     int64_t oy[gemm::kRows], ox[gemm::kRows];
     for (int r = 0; r < gemm::kRows; ++r) {
       oy[r] = (p0 + r) / G.ow;
@@ -728,17 +760,15 @@ void build_panel(const uint8_t* x, const Geometry& G, int64_t g, uint8_t zp, int
             s[r] = x + (y * G.w + xx) * G.c + g * G.cg;
           }
         }
-        if (inside) {
+        if (inside && whole) {
           transpose6(s, cgroups, dst);
           continue;
         }
         for (int r = 0; r < gemm::kRows; ++r) {
-          for (int64_t q = 0; q < cgroups; ++q) {
-            if (s[r] == nullptr) {
-              std::memcpy(dst + q * kStride + r * gemm::kGroup, &zp4, 4);
-            } else {
-              std::memcpy(dst + q * kStride + r * gemm::kGroup, s[r] + 4 * q, 4);
-            }
+          if (s[r] == nullptr) {
+            pad_row(dst + r * gemm::kGroup);
+          } else {
+            copy_row(dst + r * gemm::kGroup, s[r]);
           }
         }
       }
@@ -1028,20 +1058,41 @@ at::Tensor conv2d_cpu(const at::Tensor& input, const at::Tensor& packed, const a
         }
       });
     } else {
-      constexpr int64_t kPix = 64;
+      // NCHW: per block of pixels, each channel's contiguous run is quantized by
+      // quantize_span (vectorized; the same codes as quantize_code) into a [C][kPix]
+      // buffer, then interleaved into NHWC (C == 1: straight into the output).
+      constexpr int64_t kPix = 256;
       const int64_t blocks = ceil_div(hw, kPix);
-      at::parallel_for(0, G.n * blocks, std::max<int64_t>(1, 4096 / std::max<int64_t>(G.c, 1)),
-                       [&](int64_t begin, int64_t end) {
+      const int64_t grain = std::max<int64_t>(1, (1 << 15) / std::max<int64_t>(G.c * kPix, 1));
+      at::parallel_for(0, G.n * blocks, grain, [&](int64_t begin, int64_t end) {
+        std::vector<uint8_t> tmp(static_cast<size_t>(G.c == 1 ? 0 : G.c * kPix));
         for (int64_t item = begin; item < end; ++item) {
           const int64_t n = item / blocks, p0 = (item % blocks) * kPix, p1 = std::min(hw, p0 + kPix);
+          const int64_t cnt = p1 - p0;
           const float inv = 1.0f / sx[n];
           const float z = static_cast<float>(zx[n]);
           uint32_t nf = 0;
-          const float* src = xp + n * per;
-          uint8_t* dst = qp + n * per;
-          for (int64_t c = 0; c < G.c; ++c) {
-            for (int64_t p = p0; p < p1; ++p) {
-              dst[p * G.c + c] = quantize_code(src[c * hw + p], inv, z, nf);
+          const float* src = xp + n * per + p0;
+          uint8_t* dst = qp + n * per + p0 * G.c;
+          if (G.c == 1) {
+            nf |= quantize_span(src, dst, cnt, inv, z);
+          } else {
+            for (int64_t c = 0; c < G.c; ++c) {
+              nf |= quantize_span(src + c * hw, tmp.data() + c * kPix, cnt, inv, z);
+            }
+            const uint8_t* t = tmp.data();
+            if (G.c == 3) {  // the RGB stem
+              for (int64_t p = 0; p < cnt; ++p) {
+                dst[3 * p] = t[p];
+                dst[3 * p + 1] = t[kPix + p];
+                dst[3 * p + 2] = t[2 * kPix + p];
+              }
+            } else {
+              for (int64_t p = 0; p < cnt; ++p) {
+                for (int64_t c = 0; c < G.c; ++c) {
+                  dst[p * G.c + c] = t[c * kPix + p];
+                }
+              }
             }
           }
           if (nf != 0) {
