@@ -703,43 +703,50 @@ inline void transpose6(const uint8_t* const* s, int64_t cgroups, uint8_t* dst) {
 void build_panel(const uint8_t* x, const Geometry& G, int64_t g, uint8_t zp, int64_t p0, int rows, uint8_t* panel) {
   constexpr int64_t kStride = gemm::kRows * gemm::kGroup;  // bytes between k groups
   const int64_t cgroups = G.cg4 / 4;
-#if defined(__SSE2__)
-  // A whole panel: each tap whose 6 rows all lie inside the image is one transpose6
-  // when Cg is a multiple of 4; otherwise (the stem's Cg = 3) each row's whole k
-  // groups, then its last group with the bytes past Cg masked to 0 (one 4-byte load
-  // where it stays inside the sample). A tap with a row outside is filled row by row.
-  if (rows == gemm::kRows) {
-    const uint32_t zp4 = uint32_t{zp} * 0x01010101u;
-    const bool whole = G.cg % 4 == 0;
-    const int64_t full = G.cg / 4;
-    const int rem = static_cast<int>(G.cg % 4);
-    const uint32_t keep = rem == 0 ? 0u : (uint32_t{1} << (8 * rem)) - 1u;
-    const uint32_t zp_last = zp4 & keep;  // the zero point for the channels < Cg, 0 beyond
-    const uint8_t* const sample_end = x + G.h * G.w * G.c;
-    const auto copy_row = [&](uint8_t* d, const uint8_t* src) {
-      for (int64_t q = 0; q < full; ++q) {
-        std::memcpy(d + q * kStride, src + 4 * q, 4);
-      }
-      if (!whole) {
-        const uint8_t* last = src + 4 * full;
-        uint32_t v = 0;
-        if (last + 4 <= sample_end) {
-          std::memcpy(&v, last, 4);
-          v &= keep;
-        } else {
-          std::memcpy(&v, last, static_cast<size_t>(rem));  // little-endian: the low bytes
-        }
+  // One row of one tap: its whole groups of 4 channels as words, then, when Cg is not a
+  // multiple of 4, the last group with the bytes past Cg set to 0 (one masked 4-byte load
+  // where it stays inside the sample on a little-endian CPU, else byte by byte). A tap
+  // outside the image holds the zero point (0 past Cg).
+  const uint32_t zp4 = uint32_t{zp} * 0x01010101u;
+  const int64_t full = G.cg / 4;
+  const int rem = static_cast<int>(G.cg % 4);
+  uint8_t zp_last[4] = {0, 0, 0, 0};
+  for (int e = 0; e < rem; ++e) {
+    zp_last[e] = zp;
+  }
+  const uint8_t* const sample_end = x + G.h * G.w * G.c;
+  const auto copy_row = [&](uint8_t* d, const uint8_t* src) {
+    for (int64_t q = 0; q < full; ++q) {
+      std::memcpy(d + q * kStride, src + 4 * q, 4);
+    }
+    if (rem != 0) {
+      const uint8_t* last = src + 4 * full;
+      if (__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__ && last + 4 <= sample_end) {
+        uint32_t v;
+        std::memcpy(&v, last, 4);
+        v &= (uint32_t{1} << (8 * rem)) - 1u;
         std::memcpy(d + full * kStride, &v, 4);
+      } else {
+        uint8_t b[4] = {0, 0, 0, 0};
+        for (int e = 0; e < rem; ++e) {
+          b[e] = last[e];
+        }
+        std::memcpy(d + full * kStride, b, 4);
       }
-    };
-    const auto pad_row = [&](uint8_t* d) {
-      for (int64_t q = 0; q < full; ++q) {
-        std::memcpy(d + q * kStride, &zp4, 4);
-      }
-      if (!whole) {
-        std::memcpy(d + full * kStride, &zp_last, 4);
-      }
-    };
+    }
+  };
+  const auto pad_row = [&](uint8_t* d) {
+    for (int64_t q = 0; q < full; ++q) {
+      std::memcpy(d + q * kStride, &zp4, 4);
+    }
+    if (rem != 0) {
+      std::memcpy(d + full * kStride, zp_last, 4);
+    }
+  };
+#if defined(__SSE2__)
+  // A whole panel, tap by tap: a tap whose 6 rows all lie inside the image is one
+  // transpose6 when Cg is a multiple of 4; any other tap is filled row by row.
+  if (rows == gemm::kRows) {
     int64_t oy[gemm::kRows], ox[gemm::kRows];
     for (int r = 0; r < gemm::kRows; ++r) {
       oy[r] = (p0 + r) / G.ow;
@@ -760,7 +767,7 @@ void build_panel(const uint8_t* x, const Geometry& G, int64_t g, uint8_t zp, int
             s[r] = x + (y * G.w + xx) * G.c + g * G.cg;
           }
         }
-        if (inside && whole) {
+        if (inside && rem == 0) {
           transpose6(s, cgroups, dst);
           continue;
         }
@@ -776,8 +783,6 @@ void build_panel(const uint8_t* x, const Geometry& G, int64_t g, uint8_t zp, int
     return;
   }
 #endif
-  const uint32_t zp4 = uint32_t{zp} * 0x01010101u;
-  const bool whole = G.cg % 4 == 0;
   for (int r = 0; r < gemm::kRows; ++r) {
     uint8_t* dst0 = panel + r * gemm::kGroup;
     if (r >= rows) {  // rows past the end: zeros (their results are not stored)
@@ -794,41 +799,9 @@ void build_panel(const uint8_t* x, const Geometry& G, int64_t g, uint8_t zp, int
         const int64_t xx = ox * G.sw - G.pw + j * G.dw;
         uint8_t* dst = dst0 + (i * G.kw + j) * cgroups * kStride;
         if (y < 0 || y >= G.h || xx < 0 || xx >= G.w) {
-          for (int64_t q = 0; q < cgroups; ++q) {
-            std::memcpy(dst + q * kStride, &zp4, 4);
-          }
-          if (!whole) {  // channels beyond Cg hold 0 (their weights are 0 anyway)
-            std::memset(dst + (cgroups - 1) * kStride + (G.cg % 4), 0, 4 - (G.cg % 4));
-          }
-          continue;
-        }
-        const uint8_t* src = x + (y * G.w + xx) * G.c + g * G.cg;
-        if (whole) {
-          for (int64_t q = 0; q < cgroups; ++q) {
-            std::memcpy(dst + q * kStride, src + 4 * q, 4);
-          }
+          pad_row(dst);
         } else {
-          // Whole groups of 4 channels, then the last partial group: one 4-byte load
-          // with the bytes past Cg masked to 0 (little-endian) when those bytes lie
-          // inside the sample, else byte by byte (the stem's Cg = 3 takes the load).
-          const int64_t full = G.cg / 4;
-          for (int64_t q = 0; q < full; ++q) {
-            std::memcpy(dst + q * kStride, src + 4 * q, 4);
-          }
-          const uint8_t* last = src + 4 * full;
-          const int rem = static_cast<int>(G.cg % 4);
-          if (__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__ && last + 4 <= x + G.h * G.w * G.c) {
-            uint32_t v;
-            std::memcpy(&v, last, 4);
-            v &= (uint32_t{1} << (8 * rem)) - 1u;
-            std::memcpy(dst + full * kStride, &v, 4);
-          } else {
-            uint8_t b[4] = {0, 0, 0, 0};
-            for (int e = 0; e < rem; ++e) {
-              b[e] = last[e];
-            }
-            std::memcpy(dst + full * kStride, b, 4);
-          }
+          copy_row(dst, x + (y * G.w + xx) * G.c + g * G.cg);
         }
       }
     }
