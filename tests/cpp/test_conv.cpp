@@ -71,6 +71,12 @@ TEST(Conv2d, StaticMatchesScalarReferenceOnEveryIsa) {
       {1, 16, 4, 5, 20, 1, 1, 1, 1, 0, 0, 1, 1, 1},  // 1x1
       {2, 3, 9, 11, 8, 3, 3, 2, 2, 1, 1, 1, 1, 1},   // the RGB stem: C = 3, stride 2
       {1, 1, 17, 19, 4, 3, 3, 1, 1, 1, 1, 1, 1, 1},  // one channel; 323 pixels: a 256-pixel block and a tail
+      // In-place tiles read Cg4 bytes per pixel: the last pixels of the buffer (C = 1, 2; groups of 3)
+      {2, 2, 5, 7, 3, 3, 3, 1, 1, 1, 1, 1, 1, 1},
+      {1, 6, 5, 5, 4, 3, 3, 1, 1, 1, 1, 1, 1, 2},
+      {3, 1, 4, 4, 2, 1, 1, 1, 1, 0, 0, 1, 1, 1},
+      {2, 32, 9, 10, 40, 3, 3, 1, 1, 1, 1, 1, 1, 1},  // interior and border pixels, 3 column panels
+      {1, 12, 11, 13, 17, 5, 5, 2, 1, 2, 3, 2, 1, 1},  // 5x5, dilation 2, asymmetric stride / padding
   };
   torch::manual_seed(3);
   for (const auto& k : cases) {

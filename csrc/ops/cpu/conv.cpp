@@ -527,88 +527,83 @@ __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx2"), noinline)) voi
 #pragma GCC diagnostic push
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #pragma GCC diagnostic ignored "-Wuninitialized"
-// The int32 epilogue in AVX-512 intrinsics, 16 columns per step in registers:
-// per element exactly run_body's IEEE operations in its order (a < b ? a : b
-// selects as compare masks with ordered, non-signalling predicates, so NaN
-// follows the scalar selects).
-__attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx2"), always_inline)) inline void epilogue_row_avx512(
-    const Epilogue& e, int64_t n, int64_t p, int64_t o0, int cnt, const int32_t* acc, const int32_t* wsum) {
-  const int64_t row = (n * e.pixels + p) * e.oc + o0;
+// Rows r < mr of an int32 tile (row r: pixel p + r, acc + r * ldacc), in one call:
+// per 16 columns, the column terms (z * wsum, sx * sw, bias) once, then each row.
+// Per element the IEEE operations of run_body in its order, written with min / max
+// where those are the same selects: maxps(a, b) is a > b ? a : b, so
+//   y < lo ? lo : y  ==  maxps(lo, y)  and  y > hi ? hi : y  ==  minps(hi, y)
+// (NaN and signed zeros included), clamp_pm512(v) == maxps(-512, minps(512, v)), and
+// for |v| <= 512 round_small(v) is vcvtps2dq's round-to-nearest-even (the default
+// MXCSR mode, which round_small also assumes) of v; + zero point and the clamp to
+// [0, 255] are then exact in int32 (vpmaxsd 0, then vpmovusdb saturates at 255), and
+// NaN (vcvtps2dq's 0x80000000) becomes the zero point, as in run_body.
+__attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx2"), noinline)) void epilogue_tile_avx512(
+    const Epilogue& e, int64_t n, int64_t p, int mr, int64_t o0, int cnt, const int32_t* acc, int64_t ldacc,
+    const int32_t* wsum) {
+  if (e.bad[n]) {
+    for (int r = 0; r < mr; ++r) {
+      e.run_body(n, p + r, o0, cnt, acc + r * ldacc, wsum);
+    }
+    return;
+  }
+  const int64_t row0 = (n * e.pixels + p) * e.oc + o0;
   const __m512 sxv = _mm512_set1_ps(e.sx[n]);
   const __m512i zv = _mm512_set1_epi32(e.zx[n]);
   const __m512 lo = _mm512_set1_ps(e.lo), hi = _mm512_set1_ps(e.hi);
   const __m512i rzp = _mm512_set1_epi32(e.res_zp);
   const __m512 rsc = _mm512_set1_ps(e.res_scale);
-  const __m512 inv = _mm512_set1_ps(e.out_inv), ozf = _mm512_set1_ps(static_cast<float>(e.out_zp));
-  const __m512 m512 = _mm512_set1_ps(-512.f), p512 = _mm512_set1_ps(512.f), magic = _mm512_set1_ps(12582912.f);
-  const __m512 zero = _mm512_setzero_ps(), top = _mm512_set1_ps(255.f);
+  const __m512 inv = _mm512_set1_ps(e.out_inv);
+  const __m512i ozp = _mm512_set1_epi32(e.out_zp);
+  const __m512 m512 = _mm512_set1_ps(-512.f), p512 = _mm512_set1_ps(512.f);
+  const __m512i izero = _mm512_setzero_si512();
+  const bool has_bias = e.bias != nullptr, res_f = e.res_f != nullptr, res_u8 = e.res_u8 != nullptr;
+  const bool u8_out = e.out_f == nullptr;
   for (int j = 0; j < cnt; j += 16) {
     const __mmask16 k = cnt - j >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << (cnt - j)) - 1);
-    const __m512i a = _mm512_maskz_loadu_epi32(k, acc + j);
-    const __m512i ws = _mm512_maskz_loadu_epi32(k, wsum + j);
-    const __m512i d = _mm512_sub_epi32(a, _mm512_mullo_epi32(zv, ws));  // wrapping, as run_body
+    const __m512i zws = _mm512_mullo_epi32(zv, _mm512_maskz_loadu_epi32(k, wsum + j));
     const __m512 s = _mm512_mul_ps(sxv, _mm512_maskz_loadu_ps(k, e.sw + o0 + j));
-    __m512 y = _mm512_mul_ps(_mm512_cvtepi32_ps(d), s);
-    if (e.bias != nullptr) {
-      y = _mm512_add_ps(y, _mm512_maskz_loadu_ps(k, e.bias + o0 + j));
-    }
-    if (e.res_f != nullptr) {
-      y = _mm512_add_ps(y, _mm512_maskz_loadu_ps(k, e.res_f + row + j));
-    } else if (e.res_u8 != nullptr) {
-      const __m512i r = _mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(k, e.res_u8 + row + j));
-      y = _mm512_add_ps(y, _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(r, rzp)), rsc));
-    }
-    if (e.has_lo) {  // y < lo ? lo : y
-      y = _mm512_mask_blend_ps(_mm512_cmp_ps_mask(y, lo, _CMP_LT_OQ), y, lo);
-    }
-    if (e.has_hi) {  // y > hi ? hi : y
-      y = _mm512_mask_blend_ps(_mm512_cmp_ps_mask(y, hi, _CMP_GT_OQ), y, hi);
-    }
-    if (e.out_f != nullptr) {
-      _mm512_mask_storeu_ps(e.out_f + row + j, k, y);
-      continue;
-    }
-    __m512 v = _mm512_mul_ps(y, inv);
-    // clamp_pm512: v < -512 ? -512 : (v > 512 ? 512 : v)
-    const __mmask16 below = _mm512_cmp_ps_mask(v, m512, _CMP_LT_OQ);
-    v = _mm512_mask_blend_ps(_mm512_cmp_ps_mask(v, p512, _CMP_GT_OQ), v, p512);
-    v = _mm512_mask_blend_ps(below, v, m512);
-    __m512 q = _mm512_add_ps(_mm512_sub_ps(_mm512_add_ps(v, magic), magic), ozf);
-    const __mmask16 ord = _mm512_cmp_ps_mask(q, q, _CMP_EQ_OQ);  // q == q
-    __m512 c = _mm512_mask_blend_ps(_mm512_cmp_ps_mask(q, zero, _CMP_GT_OQ), zero, q);  // q > 0 ? q : 0
-    c = _mm512_mask_blend_ps(_mm512_cmp_ps_mask(c, top, _CMP_LT_OQ), top, c);         // c < 255 ? c : 255
-    q = _mm512_mask_blend_ps(ord, ozf, c);
-    // (vpmovdb to a register, then a plain store: the masked vpmovdb store is slow on some CPUs)
-    const __m128i b = _mm512_cvtepi32_epi8(_mm512_cvttps_epi32(q));
-    if (k == 0xFFFF) {
-      _mm_storeu_si128(reinterpret_cast<__m128i*>(e.out_u8 + row + j), b);
-    } else {
-      _mm_mask_storeu_epi8(e.out_u8 + row + j, k, b);
+    const __m512 bv = has_bias ? _mm512_maskz_loadu_ps(k, e.bias + o0 + j) : _mm512_setzero_ps();
+    for (int r = 0; r < mr; ++r) {
+      const int64_t at = row0 + r * e.oc + j;
+      const __m512i d = _mm512_sub_epi32(_mm512_maskz_loadu_epi32(k, acc + r * ldacc + j), zws);  // wrapping
+      __m512 y = _mm512_mul_ps(_mm512_cvtepi32_ps(d), s);
+      if (has_bias) {
+        y = _mm512_add_ps(y, bv);
+      }
+      if (res_f) {
+        y = _mm512_add_ps(y, _mm512_maskz_loadu_ps(k, e.res_f + at));
+      } else if (res_u8) {
+        const __m512i rv = _mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(k, e.res_u8 + at));
+        y = _mm512_add_ps(y, _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(rv, rzp)), rsc));
+      }
+      if (e.has_lo) {
+        y = _mm512_max_ps(lo, y);
+      }
+      if (e.has_hi) {
+        y = _mm512_min_ps(hi, y);
+      }
+      if (!u8_out) {
+        _mm512_mask_storeu_ps(e.out_f + at, k, y);
+        continue;
+      }
+      const __m512 v = _mm512_max_ps(m512, _mm512_min_ps(p512, _mm512_mul_ps(y, inv)));
+      __m512i q = _mm512_cvtps_epi32(v);
+      const __mmask16 nan = _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q);
+      q = _mm512_mask_mov_epi32(_mm512_add_epi32(q, ozp), nan, ozp);
+      // (vpmovusdb to a register, then a plain store: the masked vpmovusdb store is slow on some CPUs)
+      const __m128i b = _mm512_cvtusepi32_epi8(_mm512_max_epi32(q, izero));
+      if (k == 0xFFFF) {
+        _mm_storeu_si128(reinterpret_cast<__m128i*>(e.out_u8 + at), b);
+      } else {
+        _mm_mask_storeu_epi8(e.out_u8 + at, k, b);
+      }
     }
   }
 }
-
 template <>
 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx2"), noinline)) void epilogue_avx512<int32_t>(
     const Epilogue& e, int64_t n, int64_t p, int64_t o0, int cnt, const int32_t* acc, const int32_t* wsum) {
-  if (e.bad[n]) {
-    e.run_body(n, p, o0, cnt, acc, wsum);
-    return;
-  }
-  epilogue_row_avx512(e, n, p, o0, cnt, acc, wsum);
-}
-
-// Rows r < mr of an int32 tile (row r: pixel p + r, acc + r * ldacc), in one call.
-__attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx2"), noinline)) void epilogue_tile_avx512(
-    const Epilogue& e, int64_t n, int64_t p, int mr, int64_t o0, int cnt, const int32_t* acc, int64_t ldacc,
-    const int32_t* wsum) {
-  for (int r = 0; r < mr; ++r) {
-    if (e.bad[n]) {
-      e.run_body(n, p + r, o0, cnt, acc + r * ldacc, wsum);
-    } else {
-      epilogue_row_avx512(e, n, p + r, o0, cnt, acc + r * ldacc, wsum);
-    }
-  }
+  epilogue_tile_avx512(e, n, p, 1, o0, cnt, acc, 0, wsum);
 }
 #pragma GCC diagnostic pop
 template <typename Acc>
@@ -808,6 +803,63 @@ void build_panel(const uint8_t* x, const Geometry& G, int64_t g, uint8_t zp, int
   }
 }
 
+// The row pointers of the in-place tile (GemmKernels::int8_conv_tile) for output
+// pixels [p0, p0 + rows) of sample x, channel group g: ptrs[t * kRows + r] (tap
+// t = i * KW + j) points at channel g * Cg of input pixel
+// (oy * sh - ph + i * dh, ox * sw - pw + j * dw), or at zp_row (Cg4 bytes of the
+// zero point) outside the image. The tile reads Cg4 bytes there: past Cg they are
+// the next channels or the next pixels (their weights are 0, so any value adds 0).
+// A group that would run past the end of the input buffer (end) reads a copy in
+// tail instead: it starts at end - Cg - e for e in {0, 1, 2} (Cg4 - Cg <= 3), so
+// tail holds 3 slots of Cg4 bytes, slot e for that start. tap_off[t] = (i * dh * W + j * dw) * C.
+void build_row_ptrs(const uint8_t* x, const Geometry& G, int64_t g, const uint8_t* zp_row, const int64_t* tap_off,
+                    const uint8_t* end, uint8_t* tail, int64_t p0, int rows, const uint8_t** ptrs) {
+  const int64_t taps = G.kh * G.kw;
+  const int64_t span_h = (G.kh - 1) * G.dh, span_w = (G.kw - 1) * G.dw;
+  int64_t oy = p0 / G.ow, ox = p0 % G.ow;
+  const auto in_bounds = [&](const uint8_t* q) {
+    if (q + G.cg4 <= end) {
+      return q;
+    }
+    const int64_t have = end - q;
+    uint8_t* slot = tail + (have - G.cg) * G.cg4;
+    std::memcpy(slot, q, static_cast<size_t>(have));
+    std::memset(slot + have, 0, static_cast<size_t>(G.cg4 - have));
+    return static_cast<const uint8_t*>(slot);
+  };
+  for (int r = 0; r < rows; ++r) {
+    const int64_t iy = oy * G.sh - G.ph, ix = ox * G.sw - G.pw;
+    const uint8_t* base = x + (iy * G.w + ix) * G.c + g * G.cg;
+    if (iy >= 0 && iy + span_h < G.h && ix >= 0 && ix + span_w < G.w) {
+      for (int64_t t = 0; t < taps; ++t) {
+        ptrs[t * gemm::kRows + r] = base + tap_off[t];
+      }
+      if (G.cg4 != G.cg) {
+        for (int64_t t = 0; t < taps; ++t) {
+          ptrs[t * gemm::kRows + r] = in_bounds(ptrs[t * gemm::kRows + r]);
+        }
+      }
+    } else {
+      for (int64_t i = 0; i < G.kh; ++i) {
+        const int64_t y = iy + i * G.dh;
+        for (int64_t j = 0; j < G.kw; ++j) {
+          const int64_t xx = ix + j * G.dw;
+          const uint8_t** d = ptrs + (i * G.kw + j) * gemm::kRows + r;
+          if (y < 0 || y >= G.h || xx < 0 || xx >= G.w) {
+            *d = zp_row;
+          } else {
+            *d = in_bounds(x + (y * G.w + xx) * G.c + g * G.cg);
+          }
+        }
+      }
+    }
+    if (++ox == G.ow) {
+      ox = 0;
+      ++oy;
+    }
+  }
+}
+
 void conv_gemm(const uint8_t* xq, const Geometry& G, const ConvPackedView& wv, const Epilogue& epi) {
   const auto& kern = gemm::active_kernels();
   const int64_t kgroups = G.kh * G.kw * G.cg4 / 4;
@@ -828,9 +880,23 @@ void conv_gemm(const uint8_t* xq, const Geometry& G, const ConvPackedView& wv, c
   const int64_t ocg = G.oc / G.groups;
   const int64_t nblocks = ceil_div(ceil_div(ocg, gemm::kPanel), gemm::kMaxPanels);
   const bool long_k = kgroups > gemm::kMaxGroups;
+  // In place (the ISA has int8_conv_tile and K fits one int32 call): no panels, the
+  // tile reads the input through a table of row pointers per 6-row panel.
+  const bool in_place = kern.int8_conv_tile != nullptr && !long_k;
+  const int64_t taps = G.kh * G.kw;
+  const int64_t ptrs_per_panel = taps * gemm::kRows;
+  std::vector<int64_t> tap_off(static_cast<size_t>(taps));
+  for (int64_t i = 0; i < G.kh; ++i) {
+    for (int64_t j = 0; j < G.kw; ++j) {
+      tap_off[i * G.kw + j] = (i * G.dh * G.w + j * G.dw) * G.c;
+    }
+  }
+  const uint8_t* const xq_end = xq + G.n * G.h * G.w * G.c;
   at::parallel_for(0, G.n * nchunks, 1, [&](int64_t begin, int64_t end) {
-    std::vector<uint8_t> panels(static_cast<size_t>(chunk * panel_bytes) + 64);
+    std::vector<uint8_t> panels(in_place ? 0 : static_cast<size_t>(chunk * panel_bytes) + 64);
     uint8_t* pbuf = reinterpret_cast<uint8_t*>((reinterpret_cast<uintptr_t>(panels.data()) + 63) & ~uintptr_t{63});
+    std::vector<const uint8_t*> ptrs(in_place ? static_cast<size_t>(chunk * ptrs_per_panel) : 0);
+    std::vector<uint8_t> zp_row(in_place ? static_cast<size_t>(4 * G.cg4) : 0);  // and the 3 tail slots
     alignas(64) int32_t c32[gemm::kRows * gemm::kTileCols];
     std::vector<int64_t> c64(long_k ? gemm::kRows * gemm::kTileCols : 0);
     for (int64_t item = begin; item < end; ++item) {
@@ -838,11 +904,19 @@ void conv_gemm(const uint8_t* xq, const Geometry& G, const ConvPackedView& wv, c
       const int64_t mp0 = ci * chunk, mp1 = std::min(mpanels, mp0 + chunk);
       const uint8_t* x = xq + n * G.h * G.w * G.c;
       const uint8_t zp = static_cast<uint8_t>(epi.zx[n]);
+      if (in_place) {
+        std::fill(zp_row.begin(), zp_row.begin() + G.cg4, zp);
+      }
       for (int64_t g = 0; g < G.groups; ++g) {
         const detail::PackedView& w = wv.blocks[g];
         for (int64_t mp = mp0; mp < mp1; ++mp) {
           const int rows = static_cast<int>(std::min<int64_t>(gemm::kRows, pixels - mp * gemm::kRows));
-          build_panel(x, G, g, zp, mp * gemm::kRows, rows, pbuf + (mp - mp0) * panel_bytes);
+          if (in_place) {
+            build_row_ptrs(x, G, g, zp_row.data(), tap_off.data(), xq_end, zp_row.data() + G.cg4, mp * gemm::kRows,
+                           rows, ptrs.data() + (mp - mp0) * ptrs_per_panel);
+          } else {
+            build_panel(x, G, g, zp, mp * gemm::kRows, rows, pbuf + (mp - mp0) * panel_bytes);
+          }
         }
         for (int64_t jb = 0; jb < nblocks; ++jb) {
           const int64_t p0 = jb * gemm::kMaxPanels;
@@ -853,6 +927,12 @@ void conv_gemm(const uint8_t* xq, const Geometry& G, const ConvPackedView& wv, c
           for (int64_t mp = mp0; mp < mp1; ++mp) {
             const int64_t row0 = mp * gemm::kRows;
             const int mr = static_cast<int>(std::min<int64_t>(gemm::kRows, pixels - row0));
+            if (in_place) {
+              kern.int8_conv_tile(ptrs.data() + (mp - mp0) * ptrs_per_panel, taps, G.cg4 / 4, b, w.panel_stride, mr,
+                                  np, c32);
+              epi.run_tile(n, row0, mr, g * ocg + col0, ncols, c32, gemm::kTileCols, w.rowsums + col0);
+              continue;
+            }
             const uint8_t* a = pbuf + (mp - mp0) * panel_bytes;
             if (!long_k) {
               kern.int8_tile(a, b, w.panel_stride, 0, kgroups, mr, np, c32);

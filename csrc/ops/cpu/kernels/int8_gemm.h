@@ -65,6 +65,15 @@ struct GemmKernels {
   // (one IEEE multiply, the same on every ISA; padded k give 0).
   void (*dequant_panels)(const int8_t* b, int64_t panel_stride, int64_t groups, int np, const float* sw,
                          float* dst, int64_t ldd);
+  // Implicit-GEMM tile of the convolution, reading the activations in place
+  // instead of from a panel (null where the ISA's convolution builds panels):
+  //   c[r * kTileCols + j] = sum over taps t < ntaps, k groups q < cgroups of
+  //     rows[t * kRows + r][4 q + e] x w[j][(t * cgroups + q) * 4 + e], e < 4,
+  // for r < mr <= kRows, j < np * 16, np <= kMaxPanels, ntaps * cgroups <= kMaxGroups.
+  // b: panel 0 of the tile (weight group t * cgroups + q at that index, as int8_tile).
+  // Each rows[t * kRows + r], r < mr, must have 4 * cgroups readable bytes.
+  void (*int8_conv_tile)(const uint8_t* const* rows, int64_t ntaps, int64_t cgroups, const int8_t* b,
+                         int64_t panel_stride, int mr, int np, int32_t* c);
 };
 
 const GemmKernels& gemm_default();

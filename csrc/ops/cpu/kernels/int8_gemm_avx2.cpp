@@ -7,7 +7,7 @@ namespace q8::cpu::gemm {
 const GemmKernels& gemm_avx2() {
   static const GemmKernels table{
       "avx2", &int8_tile_avx2, &f32_tile_avx2, &int8_epilogue_avx2, &row_min_max_avx2, &quantize_rows_avx2,
-      &dequant_panels_avx2};
+      &dequant_panels_avx2, /*int8_conv_tile=*/nullptr};
   return table;
 }
 

@@ -67,6 +67,60 @@ void int8_tile_avx512(const uint8_t* a, const int8_t* b, int64_t panel_stride, i
   kTiles[mr][np](a, b, panel_stride, g0, g1, c);
 }
 
+// The implicit-GEMM convolution tile (int8_gemm.h): the loop of int8_tile_vnni
+// with each row's activations read in place, one pointer per row and tap.
+template <int MR, int NP>
+void int8_conv_tile_vnni(const uint8_t* const* rows, int64_t ntaps, int64_t cgroups, const int8_t* b,
+                         int64_t panel_stride, int32_t* c) {
+  __m512i acc[MR][NP];
+  for (int r = 0; r < MR; ++r) {
+    for (int p = 0; p < NP; ++p) {
+      acc[r][p] = _mm512_setzero_si512();
+    }
+  }
+  const int8_t* bg = b;
+  for (int64_t t = 0; t < ntaps; ++t) {
+    const uint8_t* s[MR];
+    for (int r = 0; r < MR; ++r) {
+      s[r] = rows[t * kRows + r];
+    }
+    for (int64_t q = 0; q < cgroups; ++q, bg += kGroupBytes) {
+      __m512i w[NP];
+      for (int p = 0; p < NP; ++p) {
+        w[p] = _mm512_loadu_si512(bg + p * panel_stride);
+      }
+      for (int r = 0; r < MR; ++r) {
+        const __m512i av = _mm512_set1_epi32(load_i32(s[r] + 4 * q));
+        for (int p = 0; p < NP; ++p) {
+          acc[r][p] = dpbusd(acc[r][p], av, w[p]);
+        }
+      }
+    }
+  }
+  for (int r = 0; r < MR; ++r) {
+    for (int p = 0; p < NP; ++p) {
+      _mm512_storeu_si512(c + r * kTileCols + p * kPanel, acc[r][p]);
+    }
+  }
+}
+
+using ConvTileFn = void (*)(const uint8_t* const*, int64_t, int64_t, const int8_t*, int64_t, int32_t*);
+
+template <int MR>
+constexpr std::array<ConvTileFn, kMaxPanels + 1> conv_tiles_for_rows() {
+  return {nullptr, &int8_conv_tile_vnni<MR, 1>, &int8_conv_tile_vnni<MR, 2>, &int8_conv_tile_vnni<MR, 3>,
+          &int8_conv_tile_vnni<MR, 4>};
+}
+
+const std::array<ConvTileFn, kMaxPanels + 1> kConvTiles[kRows + 1] = {
+    {}, conv_tiles_for_rows<1>(), conv_tiles_for_rows<2>(), conv_tiles_for_rows<3>(),
+    conv_tiles_for_rows<4>(), conv_tiles_for_rows<5>(), conv_tiles_for_rows<6>()};
+
+void int8_conv_tile_avx512(const uint8_t* const* rows, int64_t ntaps, int64_t cgroups, const int8_t* b,
+                           int64_t panel_stride, int mr, int np, int32_t* c) {
+  kConvTiles[mr][np](rows, ntaps, cgroups, b, panel_stride, c);
+}
+
 // Weight-only float tile: a group's 64 bytes as four 16-byte pieces [4 columns][4 k],
 // converted to float and multiplied by the row's 4 values repeated 4 times; each
 // column's 4 partial sums are added at the end.
@@ -250,7 +304,7 @@ void dequant_panels_avx512(const int8_t* b, int64_t panel_stride, int64_t groups
 const GemmKernels& gemm_avx512_vnni() {
   static const GemmKernels table{"avx512_vnni",         &int8_tile_avx512,   &f32_tile_avx512,
                                  &int8_epilogue_avx512, &row_min_max_avx512, &quantize_rows_avx512,
-                                 &dequant_panels_avx512};
+                                 &dequant_panels_avx512, &int8_conv_tile_avx512};
   return table;
 }
 

@@ -62,7 +62,7 @@ void int8_tile_avx_vnni(const uint8_t* a, const int8_t* b, int64_t panel_stride,
 const GemmKernels& gemm_avx_vnni() {
   static const GemmKernels table{
       "avx_vnni", &int8_tile_avx_vnni, &f32_tile_avx2, &int8_epilogue_avx2, &row_min_max_avx2, &quantize_rows_avx2,
-      &dequant_panels_avx2};
+      &dequant_panels_avx2, /*int8_conv_tile=*/nullptr};
   return table;
 }
 

@@ -29,6 +29,32 @@ inline int32_t wrap_sub_mul(int32_t acc, int32_t zp, int32_t wsum) {
   return static_cast<int32_t>(static_cast<uint32_t>(acc) - static_cast<uint32_t>(zp) * static_cast<uint32_t>(wsum));
 }
 
+// The portable int8_conv_tile (the default table; int8_gemm.h).
+void int8_conv_tile_scalar(const uint8_t* const* rows, int64_t ntaps, int64_t cgroups, const int8_t* b,
+                           int64_t panel_stride, int mr, int np, int32_t* c) {
+  for (int r = 0; r < mr; ++r) {
+    std::fill(c + r * kTileCols, c + r * kTileCols + np * kPanel, 0);
+  }
+  for (int64_t t = 0; t < ntaps; ++t) {
+    for (int r = 0; r < mr; ++r) {
+      const uint8_t* s = rows[t * kRows + r];
+      int32_t* cr = c + r * kTileCols;
+      for (int p = 0; p < np; ++p) {
+        const int8_t* bg = b + p * panel_stride + t * cgroups * kGroupBytes;
+        for (int64_t q = 0; q < cgroups; ++q, bg += kGroupBytes) {
+          for (int j = 0; j < kPanel; ++j) {
+            int32_t sum = 0;
+            for (int e = 0; e < kGroup; ++e) {
+              sum += int32_t{s[4 * q + e]} * int32_t{bg[j * kGroup + e]};
+            }
+            cr[p * kPanel + j] += sum;
+          }
+        }
+      }
+    }
+  }
+}
+
 void int8_tile_scalar(const uint8_t* a, const int8_t* b, int64_t panel_stride, int64_t g0, int64_t g1, int mr,
                       int np, int32_t* c) {
   for (int r = 0; r < mr; ++r) {
