@@ -67,10 +67,13 @@ const char* layout_name(uint32_t layout) {
 PackedView check_packed_weight(const char* op, const at::Tensor& packed, PackLayout layout) {
   check_packed_container(op, packed);
   TORCH_CHECK(packed.is_contiguous(), "q8.", op, ": packed_weight must be contiguous");
-  const int64_t numel = packed.numel();
+  return check_packed_bytes(op, packed.const_data_ptr<uint8_t>(), packed.numel(), packed.device(), layout);
+}
+
+PackedView check_packed_bytes(const char* op, const uint8_t* base, int64_t numel, c10::Device device,
+                              PackLayout layout) {
   TORCH_CHECK(numel >= kPackHeaderBytes, "q8.", op, ": packed_weight has ", numel,
               " bytes, fewer than its 64-byte header: not a q8 packed weight (or truncated)");
-  const auto* base = packed.const_data_ptr<uint8_t>();
   TORCH_CHECK(reinterpret_cast<uintptr_t>(base) % 4 == 0, "q8.", op,
               ": packed_weight must start 4-byte aligned (use the tensor q8.pack_weight returned, not a slice of one)");
   PackedView v{};
@@ -82,7 +85,7 @@ PackedView check_packed_weight(const char* op, const at::Tensor& packed, PackLay
               ", this q8 reads version ", kPackVersion, ": repack the canonical weight with q8.pack_weight");
   TORCH_CHECK(h.layout == static_cast<uint32_t>(layout), "q8.", op, ": packed_weight was packed for the '",
               layout_name(h.layout), "' layout but this is the '", layout_name(static_cast<uint32_t>(layout)),
-              "' kernel (", packed.device(), "): repack the canonical weight on this device with q8.pack_weight");
+              "' kernel (", device, "): repack the canonical weight on this device with q8.pack_weight");
   TORCH_CHECK(h.n >= 0 && h.n < (int64_t{1} << 31) && h.k >= 0 && h.k <= kMaxPackedK, "q8.", op,
               ": packed_weight header is corrupt (out_features=", h.n, ", in_features=", h.k, ")");
   const CpuPackedSizes s = cpu_packed_sizes(h.n, h.k);

@@ -97,5 +97,9 @@ struct PackedView {
 // Checks dtype, shape, header, sizes and checksum of `packed` for `layout`;
 // messages name `op` and the argument.
 PackedView check_packed_weight(const char* op, const at::Tensor& packed, PackLayout layout);
+// The same checks of `numel` bytes at `base` (4-byte aligned) that lie on `device`
+// (named in the errors), e.g. one block of a packed conv weight, without a tensor view.
+PackedView check_packed_bytes(const char* op, const uint8_t* base, int64_t numel, c10::Device device,
+                              PackLayout layout);
 
 } // namespace q8::detail

@@ -258,8 +258,8 @@ ConvPackedView conv_packed_for(const char* op, const at::Tensor& packed, int64_t
     const int64_t lin_bytes = detail::cpu_packed_sizes(oc / groups, v.s.k).total_bytes;
     v.blocks.reserve(groups);
     for (int64_t g = 0; g < groups; ++g) {
-      const auto block = packed.narrow(0, detail::kConvPackHeaderBytes + g * h.block_bytes, lin_bytes);
-      v.blocks.push_back(detail::check_packed_weight(op, block, detail::PackLayout::CpuPanel16x4));
+      v.blocks.push_back(detail::check_packed_bytes(op, base + detail::kConvPackHeaderBytes + g * h.block_bytes,
+                                                    lin_bytes, packed.device(), detail::PackLayout::CpuPanel16x4));
       TORCH_CHECK(v.blocks.back().header.n == oc / groups && v.blocks.back().header.k == v.s.k, "q8.", op,
                   ": packed_weight is corrupt (block ", g, " has the wrong size)");
     }
@@ -879,6 +879,15 @@ void conv_gemm(const uint8_t* xq, const Geometry& G, const ConvPackedView& wv, c
   const int64_t nchunks = ceil_div(mpanels, chunk);
   const int64_t ocg = G.oc / G.groups;
   const int64_t nblocks = ceil_div(ceil_div(ocg, gemm::kPanel), gemm::kMaxPanels);
+  // Too few chunks for the threads (small layers at batch 1: 4x4 is 3 panels): the
+  // column blocks are split as well, for about 4 items per thread. Each item builds its
+  // own panels or row pointers; no output depends on the split.
+  int64_t nsplit = 1;
+  if (nthreads > 1 && G.n * nchunks < 4 * nthreads) {
+    nsplit = std::min(nblocks, ceil_div(4 * nthreads, G.n * nchunks));
+  }
+  const int64_t blocks_per_item = ceil_div(nblocks, nsplit);
+  nsplit = ceil_div(nblocks, blocks_per_item);
   const bool long_k = kgroups > gemm::kMaxGroups;
   // In place (the ISA has int8_conv_tile and K fits one int32 call): no panels, the
   // tile reads the input through a table of row pointers per 6-row panel.
@@ -892,7 +901,7 @@ void conv_gemm(const uint8_t* xq, const Geometry& G, const ConvPackedView& wv, c
     }
   }
   const uint8_t* const xq_end = xq + G.n * G.h * G.w * G.c;
-  at::parallel_for(0, G.n * nchunks, 1, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, G.n * nchunks * nsplit, 1, [&](int64_t begin, int64_t end) {
     std::vector<uint8_t> panels(in_place ? 0 : static_cast<size_t>(chunk * panel_bytes) + 64);
     uint8_t* pbuf = reinterpret_cast<uint8_t*>((reinterpret_cast<uintptr_t>(panels.data()) + 63) & ~uintptr_t{63});
     std::vector<const uint8_t*> ptrs(in_place ? static_cast<size_t>(chunk * ptrs_per_panel) : 0);
@@ -900,8 +909,9 @@ void conv_gemm(const uint8_t* xq, const Geometry& G, const ConvPackedView& wv, c
     alignas(64) int32_t c32[gemm::kRows * gemm::kTileCols];
     std::vector<int64_t> c64(long_k ? gemm::kRows * gemm::kTileCols : 0);
     for (int64_t item = begin; item < end; ++item) {
-      const int64_t n = item / nchunks, ci = item % nchunks;
+      const int64_t n = item / (nchunks * nsplit), ci = item / nsplit % nchunks, si = item % nsplit;
       const int64_t mp0 = ci * chunk, mp1 = std::min(mpanels, mp0 + chunk);
+      const int64_t jb0 = si * blocks_per_item, jb1 = std::min(nblocks, jb0 + blocks_per_item);
       const uint8_t* x = xq + n * G.h * G.w * G.c;
       const uint8_t zp = static_cast<uint8_t>(epi.zx[n]);
       if (in_place) {
@@ -918,7 +928,7 @@ void conv_gemm(const uint8_t* xq, const Geometry& G, const ConvPackedView& wv, c
             build_panel(x, G, g, zp, mp * gemm::kRows, rows, pbuf + (mp - mp0) * panel_bytes);
           }
         }
-        for (int64_t jb = 0; jb < nblocks; ++jb) {
+        for (int64_t jb = jb0; jb < jb1; ++jb) {
           const int64_t p0 = jb * gemm::kMaxPanels;
           const int np = static_cast<int>(std::min<int64_t>(gemm::kMaxPanels, w.panels - p0));
           const int64_t col0 = p0 * gemm::kPanel;
@@ -996,14 +1006,14 @@ void conv_depthwise(const uint8_t* xq, const Geometry& G, const ConvPackedView& 
 
 // The value of a one-element scale / zero point (CPU tensors: read on the host).
 float scale_value(const char* op, const at::Tensor& t, const char* name) {
-  const float v = t.reshape({}).item<float>();
+  const float v = t.item<float>();
   TORCH_CHECK(std::isfinite(v) && v >= FLT_MIN, "q8.", op, ": ", name,
               " must be finite and at least the smallest normal float32 (so that 1 / scale is finite), got ", v);
   return v;
 }
 
 int32_t zero_point_value(const char* op, const at::Tensor& t, const char* name) {
-  const int64_t v = t.to(at::kLong).reshape({}).item<int64_t>();
+  const int64_t v = t.item<int64_t>();  // (one element, checked; truncates a float value, as .to(kLong))
   TORCH_CHECK(v >= 0 && v <= 255, "q8.", op, ": ", name, " must lie in [0, 255] (uint8 codes), got ", v);
   return static_cast<int32_t>(v);
 }
