@@ -130,6 +130,51 @@ def test_conv2d_static_fused_epilogue_exact_on_every_isa(shape):
             assert_bits(out, expected)
 
 
+def test_conv2d_uint8_output_requantization_edges():
+    # uint8 output at the edges of the requantization, on every ISA (AVX-512 folds the clamps into one clamp of
+    # y / output_scale when y cannot be NaN): exact ties (a zero weight makes y = bias, and bias = (k + 1/2) * 2^-3
+    # with output_scale 2^-3 puts y / scale on .5), clamps outside the output range or equal,
+    # saturating and vanishing output scales, and non-finite terms (which keep the general path).
+    n, c, h, w, oc = 2, 8, 5, 7, 40  # 35 pixels: whole 6-row panels and a partial one; 40 columns: a tail of 8
+    gen = torch.Generator().manual_seed(11)
+    x = torch.randn(n, c, h, w, generator=gen)
+    st = dict(activation="static", input_scale=torch.tensor(0.031), input_zero_point=torch.tensor(117))
+    w_rand, ws = make_weight(oc, c, 3, 3, seed=4)
+    ties = (torch.arange(oc, dtype=torch.float32) - 20.5) * 0.125
+    cases = [
+        (torch.zeros_like(w_rand), ties, dict(output_scale=torch.tensor(0.125), output_zero_point=torch.tensor(7))),
+        (torch.zeros_like(w_rand), ties, dict(output_scale=torch.tensor(0.125), output_zero_point=torch.tensor(0),
+                                              clamp_min=0.0, clamp_max=1.0)),
+        (w_rand, None, dict(output_scale=torch.tensor(0.03), output_zero_point=torch.tensor(0), clamp_min=0.0,
+                            clamp_max=6.0)),
+        (w_rand, None, dict(output_scale=torch.tensor(0.03), output_zero_point=torch.tensor(9), clamp_min=0.5,
+                            clamp_max=0.5)),  # equal clamps: every value is clamp_max
+        (w_rand, None, dict(output_scale=torch.tensor(0.01), output_zero_point=torch.tensor(200), clamp_min=100.0)),
+        (w_rand, None, dict(output_scale=torch.tensor(0.01), output_zero_point=torch.tensor(20), clamp_max=-100.0)),
+        (w_rand, None, dict(output_scale=torch.tensor(1e-6), output_zero_point=torch.tensor(128))),
+        (w_rand, None, dict(output_scale=torch.tensor(1e4), output_zero_point=torch.tensor(255))),
+        (w_rand, torch.full((oc,), float("inf")), dict(output_scale=torch.tensor(0.05),
+                                                       output_zero_point=torch.tensor(3))),
+        (w_rand, torch.full((oc,), float("nan")), dict(output_scale=torch.tensor(0.05),
+                                                       output_zero_point=torch.tensor(3), clamp_min=0.0)),
+    ]
+    for w8, b, kw in cases:
+        packed = qops.pack_conv_weight(w8, 1)
+        expected = ref.conv2d(x, w8, ws, b, 1, 1, 1, 1, **st, **kw)
+        for isa in each_isa():
+            out = qops.conv2d(x, packed, ws, b, (3, 3), (1, 1), (1, 1), (1, 1), 1, **st, **kw)
+            assert out.dtype == torch.uint8
+            assert_bits(out, expected)
+    # sx * sw overflows float32 (an infinite y times a zero integer sum is NaN): the zero point, as the reference
+    big = torch.full((oc,), 3e38)
+    packed = qops.pack_conv_weight(w_rand, 1)
+    kw = dict(activation="static", input_scale=torch.tensor(10.0), input_zero_point=torch.tensor(0),
+              output_scale=torch.tensor(0.05), output_zero_point=torch.tensor(3))
+    expected = ref.conv2d(x, w_rand, big, None, 1, 1, 1, 1, **kw)
+    for isa in each_isa():
+        assert_bits(qops.conv2d(x, packed, big, None, (3, 3), (1, 1), (1, 1), (1, 1), 1, **kw), expected)
+
+
 def test_conv2d_uint8_input_matches_float_input_quantized_the_same_way():
     shape = (2, 8, 9, 7, 16, (3, 3), (1, 1), (1, 1), (1, 1), 1)
     n, c, h, w, oc, k, s, p, d, g = shape

@@ -404,6 +404,11 @@ struct Epilogue {
   uint8_t* out_u8;        // uint8 output or null
   float out_inv;          // 1 / output_scale
   int32_t out_zp;
+  // uint8 output whose y cannot be NaN (no float residual; finite bias and sx * sw):
+  // the clamps and the requantization in one, q = round(clamp(y * inv, q_lo, q_hi)) + zp
+  // (see avx512_epi_vec; set_fast_requant).
+  bool fast_requant = false;
+  float q_lo = 0.f, q_hi = 0.f;
   const float* sx;        // [N]
   const int32_t* zx;      // [N]
   const uint8_t* bad;     // [N]
@@ -527,8 +532,41 @@ __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx2"), noinline)) voi
 #pragma GCC diagnostic push
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #pragma GCC diagnostic ignored "-Wuninitialized"
-// Rows r < mr of an int32 tile (row r: pixel p + r, acc + r * ldacc), in one call:
-// per 16 columns, the column terms (z * wsum, sx * sw, bias) once, then each row.
+#define Q8_AVX512_TARGET "avx512f,avx512bw,avx512vl,avx512dq,avx2"
+// The per-call constants of the AVX-512 epilogue for sample n (not a bad one).
+struct Avx512Epi {
+  const Epilogue* e;
+  __m512 sxv, lo, hi, rsc, inv, m512, p512, qlo, qhi;
+  __m512i zv, rzp, ozp, izero;
+  bool has_bias, res_f, res_u8, u8_out;
+};
+
+__attribute__((target(Q8_AVX512_TARGET), always_inline)) inline Avx512Epi make_avx512_epi(const Epilogue& e,
+                                                                                           int64_t n) {
+  Avx512Epi c;
+  c.e = &e;
+  c.sxv = _mm512_set1_ps(e.sx[n]);
+  c.zv = _mm512_set1_epi32(e.zx[n]);
+  c.lo = _mm512_set1_ps(e.lo);
+  c.hi = _mm512_set1_ps(e.hi);
+  c.rzp = _mm512_set1_epi32(e.res_zp);
+  c.rsc = _mm512_set1_ps(e.res_scale);
+  c.inv = _mm512_set1_ps(e.out_inv);
+  c.ozp = _mm512_set1_epi32(e.out_zp);
+  c.m512 = _mm512_set1_ps(-512.f);
+  c.p512 = _mm512_set1_ps(512.f);
+  c.qlo = _mm512_set1_ps(e.q_lo);
+  c.qhi = _mm512_set1_ps(e.q_hi);
+  c.izero = _mm512_setzero_si512();
+  c.has_bias = e.bias != nullptr;
+  c.res_f = e.res_f != nullptr;
+  c.res_u8 = e.res_u8 != nullptr;
+  c.u8_out = e.out_f == nullptr;
+  return c;
+}
+
+// One 16-column vector of one output row: d = acc - z * wsum (int32, wrapping), s =
+// sx * sw and bv = bias of the columns (k: the columns present), at: the output index.
 // Per element the IEEE operations of run_body in its order, written with min / max
 // where those are the same selects: maxps(a, b) is a > b ? a : b, so
 //   y < lo ? lo : y  ==  maxps(lo, y)  and  y > hi ? hi : y  ==  minps(hi, y)
@@ -536,70 +574,148 @@ __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx2"), noinline)) voi
 // for |v| <= 512 round_small(v) is vcvtps2dq's round-to-nearest-even (the default
 // MXCSR mode, which round_small also assumes) of v; + zero point and the clamp to
 // [0, 255] are then exact in int32 (vpmaxsd 0, then vpmovusdb saturates at 255), and
-// NaN (vcvtps2dq's 0x80000000) becomes the zero point, as in run_body.
-__attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx2"), noinline)) void epilogue_tile_avx512(
-    const Epilogue& e, int64_t n, int64_t p, int mr, int64_t o0, int cnt, const int32_t* acc, int64_t ldacc,
-    const int32_t* wsum) {
+// NaN (vcvtps2dq's 0x80000000) becomes the zero point, as in run_body. With
+// fast_requant (set_fast_requant), the clamps and the requantization are one clamp
+// of y * inv to [q_lo, q_hi].
+__attribute__((target(Q8_AVX512_TARGET), always_inline)) inline void avx512_epi_vec(const Avx512Epi& c, __m512i d,
+                                                                                   __m512 s, __m512 bv, int64_t at,
+                                                                                   __mmask16 k) {
+  const Epilogue& e = *c.e;
+  __m512 y = _mm512_mul_ps(_mm512_cvtepi32_ps(d), s);
+  if (c.has_bias) {
+    y = _mm512_add_ps(y, bv);
+  }
+  if (c.res_f) {
+    y = _mm512_add_ps(y, _mm512_maskz_loadu_ps(k, e.res_f + at));
+  } else if (c.res_u8) {
+    const __m512i rv = _mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(k, e.res_u8 + at));
+    y = _mm512_add_ps(y, _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(rv, c.rzp)), c.rsc));
+  }
+  __m128i b;
+  if (e.fast_requant) {  // (uint8 output)
+    const __m512 v = _mm512_min_ps(c.qhi, _mm512_max_ps(c.qlo, _mm512_mul_ps(y, c.inv)));
+    b = _mm512_cvtepi32_epi8(_mm512_add_epi32(_mm512_cvtps_epi32(v), c.ozp));
+  } else {
+    if (e.has_lo) {
+      y = _mm512_max_ps(c.lo, y);
+    }
+    if (e.has_hi) {
+      y = _mm512_min_ps(c.hi, y);
+    }
+    if (!c.u8_out) {
+      _mm512_mask_storeu_ps(e.out_f + at, k, y);
+      return;
+    }
+    const __m512 v = _mm512_max_ps(c.m512, _mm512_min_ps(c.p512, _mm512_mul_ps(y, c.inv)));
+    __m512i q = _mm512_cvtps_epi32(v);
+    const __mmask16 nan = _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q);
+    q = _mm512_mask_mov_epi32(_mm512_add_epi32(q, c.ozp), nan, c.ozp);
+    b = _mm512_cvtusepi32_epi8(_mm512_max_epi32(q, c.izero));
+  }
+  // (vpmov* to a register, then a plain store: the masked vpmov* store is slow on some CPUs)
+  if (k == 0xFFFF) {
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(e.out_u8 + at), b);
+  } else {
+    _mm_mask_storeu_epi8(e.out_u8 + at, k, b);
+  }
+}
+
+__attribute__((target(Q8_AVX512_TARGET), always_inline)) inline __mmask16 tail_mask(int left) {
+  return left >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << left) - 1);
+}
+
+// Rows r < mr of an int32 tile (row r: pixel p + r, acc + r * ldacc), in one call:
+// per 16 columns, the column terms (z * wsum, sx * sw, bias) once, then each row.
+__attribute__((target(Q8_AVX512_TARGET), noinline)) void epilogue_tile_avx512(const Epilogue& e, int64_t n, int64_t p,
+                                                                            int mr, int64_t o0, int cnt,
+                                                                            const int32_t* acc, int64_t ldacc,
+                                                                            const int32_t* wsum) {
   if (e.bad[n]) {
     for (int r = 0; r < mr; ++r) {
       e.run_body(n, p + r, o0, cnt, acc + r * ldacc, wsum);
     }
     return;
   }
+  const Avx512Epi c = make_avx512_epi(e, n);
   const int64_t row0 = (n * e.pixels + p) * e.oc + o0;
-  const __m512 sxv = _mm512_set1_ps(e.sx[n]);
-  const __m512i zv = _mm512_set1_epi32(e.zx[n]);
-  const __m512 lo = _mm512_set1_ps(e.lo), hi = _mm512_set1_ps(e.hi);
-  const __m512i rzp = _mm512_set1_epi32(e.res_zp);
-  const __m512 rsc = _mm512_set1_ps(e.res_scale);
-  const __m512 inv = _mm512_set1_ps(e.out_inv);
-  const __m512i ozp = _mm512_set1_epi32(e.out_zp);
-  const __m512 m512 = _mm512_set1_ps(-512.f), p512 = _mm512_set1_ps(512.f);
-  const __m512i izero = _mm512_setzero_si512();
-  const bool has_bias = e.bias != nullptr, res_f = e.res_f != nullptr, res_u8 = e.res_u8 != nullptr;
-  const bool u8_out = e.out_f == nullptr;
   for (int j = 0; j < cnt; j += 16) {
-    const __mmask16 k = cnt - j >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << (cnt - j)) - 1);
-    const __m512i zws = _mm512_mullo_epi32(zv, _mm512_maskz_loadu_epi32(k, wsum + j));
-    const __m512 s = _mm512_mul_ps(sxv, _mm512_maskz_loadu_ps(k, e.sw + o0 + j));
-    const __m512 bv = has_bias ? _mm512_maskz_loadu_ps(k, e.bias + o0 + j) : _mm512_setzero_ps();
+    const __mmask16 k = tail_mask(cnt - j);
+    const __m512i zws = _mm512_mullo_epi32(c.zv, _mm512_maskz_loadu_epi32(k, wsum + j));
+    const __m512 s = _mm512_mul_ps(c.sxv, _mm512_maskz_loadu_ps(k, e.sw + o0 + j));
+    const __m512 bv = c.has_bias ? _mm512_maskz_loadu_ps(k, e.bias + o0 + j) : _mm512_setzero_ps();
     for (int r = 0; r < mr; ++r) {
-      const int64_t at = row0 + r * e.oc + j;
       const __m512i d = _mm512_sub_epi32(_mm512_maskz_loadu_epi32(k, acc + r * ldacc + j), zws);  // wrapping
-      __m512 y = _mm512_mul_ps(_mm512_cvtepi32_ps(d), s);
-      if (has_bias) {
-        y = _mm512_add_ps(y, bv);
-      }
-      if (res_f) {
-        y = _mm512_add_ps(y, _mm512_maskz_loadu_ps(k, e.res_f + at));
-      } else if (res_u8) {
-        const __m512i rv = _mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(k, e.res_u8 + at));
-        y = _mm512_add_ps(y, _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(rv, rzp)), rsc));
-      }
-      if (e.has_lo) {
-        y = _mm512_max_ps(lo, y);
-      }
-      if (e.has_hi) {
-        y = _mm512_min_ps(hi, y);
-      }
-      if (!u8_out) {
-        _mm512_mask_storeu_ps(e.out_f + at, k, y);
-        continue;
-      }
-      const __m512 v = _mm512_max_ps(m512, _mm512_min_ps(p512, _mm512_mul_ps(y, inv)));
-      __m512i q = _mm512_cvtps_epi32(v);
-      const __mmask16 nan = _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q);
-      q = _mm512_mask_mov_epi32(_mm512_add_epi32(q, ozp), nan, ozp);
-      // (vpmovusdb to a register, then a plain store: the masked vpmovusdb store is slow on some CPUs)
-      const __m128i b = _mm512_cvtusepi32_epi8(_mm512_max_epi32(q, izero));
-      if (k == 0xFFFF) {
-        _mm_storeu_si128(reinterpret_cast<__m128i*>(e.out_u8 + at), b);
-      } else {
-        _mm_mask_storeu_epi8(e.out_u8 + at, k, b);
-      }
+      avx512_epi_vec(c, d, s, bv, row0 + r * e.oc + j, k);
     }
   }
 }
+
+// The in-place tile of a whole 6-row panel on AVX-512 VNNI with the epilogue fused:
+// the accumulators start at -z * wsum (so they end at acc - z * wsum, the same
+// wrapping int32 value as the separate epilogue's) and go to avx512_epi_vec from
+// the registers (the loops over rows and panels are unrolled so that the
+// accumulators stay in registers). The loop is int8_conv_tile_vnni's
+// (kernels/int8_gemm_avx512_vnni.cpp).
+template <int NP>
+__attribute__((target(Q8_AVX512_TARGET ",avx512vnni"), noinline)) void conv_tile_fused_avx512(
+    const Epilogue& e, const uint8_t* const* rows, int64_t ntaps, int64_t cgroups, const int8_t* b,
+    int64_t panel_stride, int64_t n, int64_t p, int64_t o0, int ncols, const int32_t* wsum) {
+  constexpr int MR = gemm::kRows;
+  __m512i acc[MR][NP];
+  {
+    const __m512i zv = _mm512_set1_epi32(e.zx[n]);
+#pragma GCC unroll 4
+    for (int q = 0; q < NP; ++q) {
+      const __m512i nz = _mm512_sub_epi32(
+          _mm512_setzero_si512(), _mm512_mullo_epi32(zv, _mm512_maskz_loadu_epi32(tail_mask(ncols - 16 * q),
+                                                                                  wsum + 16 * q)));
+#pragma GCC unroll 6
+      for (int r = 0; r < MR; ++r) {
+        acc[r][q] = nz;
+      }
+    }
+  }
+  const int8_t* bg = b;
+  for (int64_t t = 0; t < ntaps; ++t) {
+    const uint8_t* s[MR];
+    for (int r = 0; r < MR; ++r) {
+      s[r] = rows[t * gemm::kRows + r];
+    }
+    for (int64_t g = 0; g < cgroups; ++g, bg += gemm::kGroupBytes) {
+      __m512i w[NP];
+      for (int q = 0; q < NP; ++q) {
+        w[q] = _mm512_loadu_si512(bg + q * panel_stride);
+      }
+      for (int r = 0; r < MR; ++r) {
+        int32_t a32;
+        std::memcpy(&a32, s[r] + 4 * g, 4);
+        const __m512i av = _mm512_set1_epi32(a32);
+        for (int q = 0; q < NP; ++q) {
+          asm("vpdpbusd %2, %1, %0" : "+v"(acc[r][q]) : "v"(av), "v"(w[q]));
+        }
+      }
+    }
+  }
+  const Avx512Epi c = make_avx512_epi(e, n);
+  const int64_t row0 = (n * e.pixels + p) * e.oc + o0;
+#pragma GCC unroll 4
+  for (int q = 0; q < NP; ++q) {
+    const __mmask16 k = tail_mask(ncols - 16 * q);
+    const __m512 sv = _mm512_mul_ps(c.sxv, _mm512_maskz_loadu_ps(k, e.sw + o0 + 16 * q));
+    const __m512 bv = c.has_bias ? _mm512_maskz_loadu_ps(k, e.bias + o0 + 16 * q) : _mm512_setzero_ps();
+#pragma GCC unroll 6
+    for (int r = 0; r < MR; ++r) {
+      avx512_epi_vec(c, acc[r][q], sv, bv, row0 + r * e.oc + 16 * q, k);
+    }
+  }
+}
+
+using FusedTileFn = void (*)(const Epilogue&, const uint8_t* const*, int64_t, int64_t, const int8_t*, int64_t, int64_t,
+                             int64_t, int64_t, int, const int32_t*);
+const FusedTileFn kFusedTiles[gemm::kMaxPanels + 1] = {nullptr, &conv_tile_fused_avx512<1>,
+                                                       &conv_tile_fused_avx512<2>, &conv_tile_fused_avx512<3>,
+                                                       &conv_tile_fused_avx512<4>};
+
 template <>
 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx2"), noinline)) void epilogue_avx512<int32_t>(
     const Epilogue& e, int64_t n, int64_t p, int64_t o0, int cnt, const int32_t* acc, const int32_t* wsum) {
@@ -653,6 +769,47 @@ int epilogue_level() {
   }
 #endif
   return 0;
+}
+
+// Epilogue::fast_requant and its bounds. For inv > 0 and an integer zp in [0, 255],
+// the scalar steps  y -> clamp(y, lo, hi) -> clamp_pm512(y * inv) -> round -> + zp ->
+// clamp(0, 255)  give  round(clamp(y * inv, q_lo, q_hi)) + zp  with
+//   q_lo = max(lo * inv, -zp), q_hi = min(hi * inv, 255 - zp)
+// (rounded multiplication by inv > 0 is monotone, so clamping before or after it is
+// the same; the bounds -zp, 255 - zp are integers inside [-512, 512], so clamping
+// to them before rounding equals clamping the rounded sum to [0, 255]), provided
+// q_lo <= q_hi and y is not NaN. y is NaN only from a float residual, a non-finite
+// bias or a non-finite sx * sw (finite terms give a finite or infinite y).
+void set_fast_requant(Epilogue& e, int64_t n, const at::Tensor& sw, const at::Tensor& bias) {
+  e.fast_requant = false;
+  if (e.out_u8 == nullptr || e.res_f != nullptr) {
+    return;
+  }
+  float sw_max = 0.f;
+  const float* w = sw.const_data_ptr<float>();
+  for (int64_t o = 0; o < sw.numel(); ++o) {
+    if (!std::isfinite(w[o])) {
+      return;
+    }
+    sw_max = std::max(sw_max, std::fabs(w[o]));
+  }
+  if (bias.defined()) {
+    const float* b = bias.const_data_ptr<float>();
+    for (int64_t o = 0; o < bias.numel(); ++o) {
+      if (!std::isfinite(b[o])) {
+        return;
+      }
+    }
+  }
+  for (int64_t i = 0; i < n; ++i) {
+    if (!std::isfinite(e.sx[i] * sw_max)) {
+      return;
+    }
+  }
+  const float zp = static_cast<float>(e.out_zp);
+  e.q_lo = e.has_lo ? std::max(e.lo * e.out_inv, -zp) : -zp;
+  e.q_hi = e.has_hi ? std::min(e.hi * e.out_inv, 255.f - zp) : 255.f - zp;
+  e.fast_requant = e.q_lo <= e.q_hi;
 }
 
 struct Geometry {
@@ -892,6 +1049,8 @@ void conv_gemm(const uint8_t* xq, const Geometry& G, const ConvPackedView& wv, c
   // In place (the ISA has int8_conv_tile and K fits one int32 call): no panels, the
   // tile reads the input through a table of row pointers per 6-row panel.
   const bool in_place = kern.int8_conv_tile != nullptr && !long_k;
+  // AVX-512 VNNI: whole panels run the tile with the epilogue fused (kFusedTiles).
+  const bool fused = in_place && active_isa() == Isa::AVX512_VNNI;
   const int64_t taps = G.kh * G.kw;
   const int64_t ptrs_per_panel = taps * gemm::kRows;
   std::vector<int64_t> tap_off(static_cast<size_t>(taps));
@@ -937,6 +1096,13 @@ void conv_gemm(const uint8_t* xq, const Geometry& G, const ConvPackedView& wv, c
           for (int64_t mp = mp0; mp < mp1; ++mp) {
             const int64_t row0 = mp * gemm::kRows;
             const int mr = static_cast<int>(std::min<int64_t>(gemm::kRows, pixels - row0));
+#if defined(Q8_EPI_MULTIVERSION)
+            if (fused && mr == gemm::kRows && !epi.bad[n]) {
+              kFusedTiles[np](epi, ptrs.data() + (mp - mp0) * ptrs_per_panel, taps, G.cg4 / 4, b, w.panel_stride, n,
+                              row0, g * ocg + col0, ncols, w.rowsums + col0);
+              continue;
+            }
+#endif
             if (in_place) {
               kern.int8_conv_tile(ptrs.data() + (mp - mp0) * ptrs_per_panel, taps, G.cg4 / 4, b, w.panel_stride, mr,
                                   np, c32);
@@ -1196,6 +1362,7 @@ at::Tensor conv2d_cpu(const at::Tensor& input, const at::Tensor& packed, const a
   epi.zx = zx.data();
   epi.bad = bad.data();
   epi.level = epilogue_level();
+  set_fast_requant(epi, G.n, sw, b);
   const uint8_t* xp = xq.const_data_ptr<uint8_t>();
   if (wv.depthwise) {
     conv_depthwise(xp, G, wv, epi);
