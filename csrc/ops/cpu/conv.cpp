@@ -1091,7 +1091,7 @@ void conv_gemm(const uint8_t* xq, const Geometry& G, const ConvPackedView& wv, c
   // tile reads the input through a table of row pointers per 6-row panel.
   const bool in_place = kern.int8_conv_tile != nullptr && !long_k;
   // AVX-512 VNNI: whole panels run the tile with the epilogue fused (kFusedTiles).
-  const bool fused = in_place && active_isa() == Isa::AVX512_VNNI;
+  [[maybe_unused]] const bool fused = in_place && active_isa() == Isa::AVX512_VNNI;
   const int64_t taps = G.kh * G.kw;
   const int64_t ptrs_per_panel = taps * gemm::kRows;
   std::vector<int64_t> tap_off(static_cast<size_t>(taps));
