@@ -1009,10 +1009,15 @@ void build_panel(const uint8_t* x, const Geometry& G, int64_t g, uint8_t zp, int
 // A group that would run past the end of the input buffer (end) reads a copy in
 // tail instead: it starts at end - Cg - e for e in {0, 1, 2} (Cg4 - Cg <= 3), so
 // tail holds 3 slots of Cg4 bytes, slot e for that start. tap_off[t] = (i * dh * W + j * dw) * C.
-void build_row_ptrs(const uint8_t* x, const Geometry& G, int64_t g, const uint8_t* zp_row, const int64_t* tap_off,
-                    const uint8_t* end, uint8_t* tail, int64_t p0, int rows, const uint8_t** ptrs) {
+// Rows are global output rows m = n * OH * OW + p, so a panel may run across samples
+// (conv_gemm's merged batch).
+void build_row_ptrs(const uint8_t* xq, const Geometry& G, int64_t g, const uint8_t* zp_row, const int64_t* tap_off,
+                    const uint8_t* end, uint8_t* tail, int64_t m0, int rows, const uint8_t** ptrs) {
   const int64_t taps = G.kh * G.kw;
   const int64_t span_h = (G.kh - 1) * G.dh, span_w = (G.kw - 1) * G.dw;
+  const int64_t pixels = G.oh * G.ow, sample_bytes = G.h * G.w * G.c;
+  const int64_t p0 = m0 % pixels;
+  const uint8_t* x = xq + (m0 / pixels) * sample_bytes;
   int64_t oy = p0 / G.ow, ox = p0 % G.ow;
   const auto in_bounds = [&](const uint8_t* q) {
     if (q + G.cg4 <= end) {
@@ -1053,7 +1058,10 @@ void build_row_ptrs(const uint8_t* x, const Geometry& G, int64_t g, const uint8_
     }
     if (++ox == G.ow) {
       ox = 0;
-      ++oy;
+      if (++oy == G.oh) {
+        oy = 0;
+        x += sample_bytes;
+      }
     }
   }
 }
@@ -1063,7 +1071,24 @@ void conv_gemm(const uint8_t* xq, const Geometry& G, const ConvPackedView& wv, c
   const int64_t kgroups = G.kh * G.kw * G.cg4 / 4;
   const int64_t panel_bytes = kgroups * gemm::kRows * gemm::kGroup;
   const int64_t pixels = G.oh * G.ow;
-  const int64_t mpanels = ceil_div(pixels, gemm::kRows);
+  const bool long_k = kgroups > gemm::kMaxGroups;
+  // In place (the ISA has int8_conv_tile and K fits one int32 call): no panels, the
+  // tile reads the input through a table of row pointers per 6-row panel.
+  const bool in_place = kern.int8_conv_tile != nullptr && !long_k;
+  // AVX-512 VNNI: whole panels run the tile with the epilogue fused (kFusedTiles).
+  [[maybe_unused]] const bool fused = in_place && active_isa() == Isa::AVX512_VNNI;
+  // Merged batch (in place, every sample with the same input qparams and none with
+  // NaN / Inf): the panels run over the N * OH * OW output rows of the whole batch,
+  // so a small image (4x4: 16 rows) does not end in a partial panel per sample; the
+  // epilogue then takes sample 0's qparams and the global row. Otherwise the rows of
+  // a panel belong to one sample ("segments" are the samples).
+  bool merged = in_place && G.n > 1;
+  for (int64_t n = 0; merged && n < G.n; ++n) {
+    merged = epi.sx[n] == epi.sx[0] && epi.zx[n] == epi.zx[0] && !epi.bad[n];
+  }
+  const int64_t nseg = merged ? 1 : G.n;
+  const int64_t seg_rows = merged ? G.n * pixels : pixels;
+  const int64_t mpanels = ceil_div(seg_rows, gemm::kRows);
   // Panels per chunk: about 96 KiB of panels (stays in L2 while every column block
   // of the group runs over it), at most 16.
   int64_t chunk = std::max<int64_t>(1, std::min<int64_t>(16, (96 << 10) / std::max<int64_t>(panel_bytes, 1)));
@@ -1072,7 +1097,7 @@ void conv_gemm(const uint8_t* xq, const Geometry& G, const ConvPackedView& wv, c
   // depend on the split).
   const int64_t nthreads = at::get_num_threads();
   if (nthreads > 1) {
-    chunk = std::max<int64_t>(1, std::min(chunk, ceil_div(G.n * mpanels, 4 * nthreads)));
+    chunk = std::max<int64_t>(1, std::min(chunk, ceil_div(nseg * mpanels, 4 * nthreads)));
   }
   const int64_t nchunks = ceil_div(mpanels, chunk);
   const int64_t ocg = G.oc / G.groups;
@@ -1081,17 +1106,11 @@ void conv_gemm(const uint8_t* xq, const Geometry& G, const ConvPackedView& wv, c
   // column blocks are split as well, for about 4 items per thread. Each item builds its
   // own panels or row pointers; no output depends on the split.
   int64_t nsplit = 1;
-  if (nthreads > 1 && G.n * nchunks < 4 * nthreads) {
-    nsplit = std::min(nblocks, ceil_div(4 * nthreads, G.n * nchunks));
+  if (nthreads > 1 && nseg * nchunks < 4 * nthreads) {
+    nsplit = std::min(nblocks, ceil_div(4 * nthreads, nseg * nchunks));
   }
   const int64_t blocks_per_item = ceil_div(nblocks, nsplit);
   nsplit = ceil_div(nblocks, blocks_per_item);
-  const bool long_k = kgroups > gemm::kMaxGroups;
-  // In place (the ISA has int8_conv_tile and K fits one int32 call): no panels, the
-  // tile reads the input through a table of row pointers per 6-row panel.
-  const bool in_place = kern.int8_conv_tile != nullptr && !long_k;
-  // AVX-512 VNNI: whole panels run the tile with the epilogue fused (kFusedTiles).
-  [[maybe_unused]] const bool fused = in_place && active_isa() == Isa::AVX512_VNNI;
   const int64_t taps = G.kh * G.kw;
   const int64_t ptrs_per_panel = taps * gemm::kRows;
   std::vector<int64_t> tap_off(static_cast<size_t>(taps));
@@ -1101,7 +1120,7 @@ void conv_gemm(const uint8_t* xq, const Geometry& G, const ConvPackedView& wv, c
     }
   }
   const uint8_t* const xq_end = xq + G.n * G.h * G.w * G.c;
-  at::parallel_for(0, G.n * nchunks * nsplit, 1, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, nseg * nchunks * nsplit, 1, [&](int64_t begin, int64_t end) {
     std::vector<uint8_t> panels(in_place ? 0 : static_cast<size_t>(chunk * panel_bytes) + 64);
     uint8_t* pbuf = reinterpret_cast<uint8_t*>((reinterpret_cast<uintptr_t>(panels.data()) + 63) & ~uintptr_t{63});
     std::vector<const uint8_t*> ptrs(in_place ? static_cast<size_t>(chunk * ptrs_per_panel) : 0);
@@ -1109,6 +1128,7 @@ void conv_gemm(const uint8_t* xq, const Geometry& G, const ConvPackedView& wv, c
     alignas(64) int32_t c32[gemm::kRows * gemm::kTileCols];
     std::vector<int64_t> c64(long_k ? gemm::kRows * gemm::kTileCols : 0);
     for (int64_t item = begin; item < end; ++item) {
+      // n: the segment (the sample, or 0 for the merged batch), whose qparams the epilogue takes
       const int64_t n = item / (nchunks * nsplit), ci = item / nsplit % nchunks, si = item % nsplit;
       const int64_t mp0 = ci * chunk, mp1 = std::min(mpanels, mp0 + chunk);
       const int64_t jb0 = si * blocks_per_item, jb1 = std::min(nblocks, jb0 + blocks_per_item);
@@ -1120,10 +1140,10 @@ void conv_gemm(const uint8_t* xq, const Geometry& G, const ConvPackedView& wv, c
       for (int64_t g = 0; g < G.groups; ++g) {
         const detail::PackedView& w = wv.blocks[g];
         for (int64_t mp = mp0; mp < mp1; ++mp) {
-          const int rows = static_cast<int>(std::min<int64_t>(gemm::kRows, pixels - mp * gemm::kRows));
+          const int rows = static_cast<int>(std::min<int64_t>(gemm::kRows, seg_rows - mp * gemm::kRows));
           if (in_place) {
-            build_row_ptrs(x, G, g, zp_row.data(), tap_off.data(), xq_end, zp_row.data() + G.cg4, mp * gemm::kRows,
-                           rows, ptrs.data() + (mp - mp0) * ptrs_per_panel);
+            build_row_ptrs(xq, G, g, zp_row.data(), tap_off.data(), xq_end, zp_row.data() + G.cg4,
+                           n * seg_rows + mp * gemm::kRows, rows, ptrs.data() + (mp - mp0) * ptrs_per_panel);
           } else {
             build_panel(x, G, g, zp, mp * gemm::kRows, rows, pbuf + (mp - mp0) * panel_bytes);
           }
@@ -1136,7 +1156,7 @@ void conv_gemm(const uint8_t* xq, const Geometry& G, const ConvPackedView& wv, c
           const int8_t* b = w.weights + p0 * w.panel_stride;
           for (int64_t mp = mp0; mp < mp1; ++mp) {
             const int64_t row0 = mp * gemm::kRows;
-            const int mr = static_cast<int>(std::min<int64_t>(gemm::kRows, pixels - row0));
+            const int mr = static_cast<int>(std::min<int64_t>(gemm::kRows, seg_rows - row0));
 #if defined(Q8_EPI_MULTIVERSION)
             if (fused && mr == gemm::kRows && !epi.bad[n]) {
               kFusedTiles[np](epi, ptrs.data() + (mp - mp0) * ptrs_per_panel, taps, G.cg4 / 4, b, w.panel_stride, n,
