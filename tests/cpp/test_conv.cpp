@@ -77,6 +77,11 @@ TEST(Conv2d, StaticMatchesScalarReferenceOnEveryIsa) {
       {3, 1, 4, 4, 2, 1, 1, 1, 1, 0, 0, 1, 1, 1},
       {2, 32, 9, 10, 40, 3, 3, 1, 1, 1, 1, 1, 1, 1},  // interior and border pixels, 3 column panels
       {1, 12, 11, 13, 17, 5, 5, 2, 1, 2, 3, 2, 1, 1},  // 5x5, dilation 2, asymmetric stride / padding
+      // small images (AVX-512 VNNI skips the padding taps): 9 classes over a batch, C = 5 at the buffer's end,
+      // padding wider than the kernel's reach (classes without a tap)
+      {16, 32, 4, 4, 40, 3, 3, 1, 1, 1, 1, 1, 1, 1},
+      {3, 5, 7, 7, 20, 3, 3, 2, 2, 1, 1, 1, 1, 1},
+      {2, 8, 3, 5, 17, 3, 3, 1, 1, 3, 2, 1, 1, 1},
   };
   torch::manual_seed(3);
   for (const auto& k : cases) {

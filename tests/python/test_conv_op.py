@@ -175,6 +175,45 @@ def test_conv2d_uint8_output_requantization_edges():
         assert_bits(qops.conv2d(x, packed, big, None, (3, 3), (1, 1), (1, 1), (1, 1), 1, **kw), expected)
 
 
+# Small images, where the AVX-512 VNNI kernel sorts the output pixels by the taps inside the image and skips the
+# padding taps (one set of input qparams, groups == 1): every class shape, a class with no tap at all (pixels entirely
+# in the padding), classes of one or two pixels (tiles filled up with copies), Cg % 4 != 0 at the end of the buffer.
+SHAPES_SMALL = [
+    (16, 32, 4, 4, 40, (3, 3), (1, 1), (1, 1), (1, 1), 1),    # 9 classes, batch 16, a 40-column tail
+    (3, 5, 7, 7, 20, (3, 3), (2, 2), (1, 1), (1, 1), 1),      # stride 2: only top / left padding; C = 5
+    (2, 8, 3, 5, 17, (3, 3), (1, 1), (3, 2), (1, 1), 1),      # padding wider than the kernel reach: empty classes
+    (1, 12, 6, 6, 70, (5, 5), (1, 1), (2, 2), (2, 2), 1),     # 5x5 dilated
+    (2, 3, 4, 9, 8, (3, 5), (1, 2), (2, 1), (1, 1), 1),       # asymmetric kernel / stride / padding, C = 3
+    (5, 64, 2, 2, 64, (3, 3), (1, 1), (1, 1), (1, 1), 1),     # 2x2: 4 classes of one pixel per sample
+]
+
+
+@pytest.mark.parametrize("shape", SHAPES_SMALL)
+def test_conv2d_small_images_exact_on_every_isa(shape):
+    n, c, h, w, oc, k, s, p, d, g = shape
+    oh = (h + 2 * p[0] - d[0] * (k[0] - 1) - 1) // s[0] + 1
+    ow = (w + 2 * p[1] - d[1] * (k[1] - 1) - 1) // s[1] + 1
+    gen = torch.Generator().manual_seed(9)
+    st = dict(activation="static", input_scale=torch.tensor(0.027), input_zero_point=torch.tensor(101))
+    res_u8 = torch.randint(0, 256, (n, oc, oh, ow), generator=gen, dtype=torch.uint8).contiguous(
+        memory_format=torch.channels_last)
+    variants = [
+        dict(**st),
+        dict(**st, clamp_min=0.0, output_scale=torch.tensor(0.04), output_zero_point=torch.tensor(5)),
+        dict(**st, residual=res_u8, residual_scale=torch.tensor(0.02), residual_zero_point=torch.tensor(128),
+             clamp_min=0.0, output_scale=torch.tensor(0.03), output_zero_point=torch.tensor(0)),
+        dict(activation="dynamic"),  # one set of qparams only at batch 1
+    ]
+    for isa in each_isa():
+        for v in variants:
+            _, _, _, _, out, expected = run_case(shape, **v)
+            assert_bits(out, expected)
+            if n > 1:  # batch 1 (also one set of qparams in dynamic mode)
+                v1 = dict(v, residual=v["residual"][:1]) if "residual" in v else v
+                _, _, _, _, out1, expected1 = run_case((1,) + shape[1:], **v1)
+                assert_bits(out1, expected1)
+
+
 def test_conv2d_uint8_input_matches_float_input_quantized_the_same_way():
     shape = (2, 8, 9, 7, 16, (3, 3), (1, 1), (1, 1), (1, 1), 1)
     n, c, h, w, oc, k, s, p, d, g = shape

@@ -690,37 +690,54 @@ __attribute__((target(Q8_AVX512_TARGET), noinline)) void epilogue_tile_avx512(co
   }
 }
 
+// What one fused tile runs (conv_tile_fused_avx512): the taps, their row pointers,
+// where the accumulators start and which output rows the 6 rows are.
+struct FusedTile {
+  const uint8_t* const* rows;  // [ntaps][kRows]: row r's bytes of the tt-th tap run
+  int64_t ntaps;
+  const int32_t* taps;         // the weight taps run, or null: taps 0 .. ntaps - 1
+  const int32_t* init;         // per column of the block, the accumulators' start, or null: -z * wsum
+  const int64_t* orow;         // the 6 output rows (of sample n), or null: p .. p + 5
+  int64_t p;
+};
+
 // The in-place tile of a whole 6-row panel on AVX-512 VNNI with the epilogue fused:
 // the accumulators start at -z * wsum (so they end at acc - z * wsum, the same
 // wrapping int32 value as the separate epilogue's) and go to avx512_epi_vec from
 // the registers (the loops over rows and panels are unrolled so that the
 // accumulators stay in registers). The loop is int8_conv_tile_vnni's
-// (kernels/int8_gemm_avx512_vnni.cpp).
+// (kernels/int8_gemm_avx512_vnni.cpp). A tile of the tap-skipping path
+// (conv_gemm_classed) runs only the taps inside the image, from init = -z * (sum of
+// those taps' weights): the same integer, since a padding tap adds (z - z) * w = 0.
 template <int NP>
 __attribute__((target(Q8_AVX512_TARGET ",avx512vnni"), noinline)) void conv_tile_fused_avx512(
-    const Epilogue& e, const uint8_t* const* rows, int64_t ntaps, int64_t cgroups, const int8_t* b,
-    int64_t panel_stride, int64_t n, int64_t p, int64_t o0, int ncols, const int32_t* wsum) {
+    const Epilogue& e, const FusedTile& tile, int64_t cgroups, const int8_t* b, int64_t panel_stride, int64_t n,
+    int64_t o0, int ncols, const int32_t* wsum) {
   constexpr int MR = gemm::kRows;
   __m512i acc[MR][NP];
   {
     const __m512i zv = _mm512_set1_epi32(e.zx[n]);
 #pragma GCC unroll 4
     for (int q = 0; q < NP; ++q) {
-      const __m512i nz = _mm512_sub_epi32(
-          _mm512_setzero_si512(), _mm512_mullo_epi32(zv, _mm512_maskz_loadu_epi32(tail_mask(ncols - 16 * q),
-                                                                                  wsum + 16 * q)));
+      const __mmask16 k = tail_mask(ncols - 16 * q);
+      const __m512i nz =
+          tile.init != nullptr
+              ? _mm512_maskz_loadu_epi32(k, tile.init + 16 * q)
+              : _mm512_sub_epi32(_mm512_setzero_si512(),
+                                 _mm512_mullo_epi32(zv, _mm512_maskz_loadu_epi32(k, wsum + 16 * q)));
 #pragma GCC unroll 6
       for (int r = 0; r < MR; ++r) {
         acc[r][q] = nz;
       }
     }
   }
-  const int8_t* bg = b;
-  for (int64_t t = 0; t < ntaps; ++t) {
+  const int64_t tap_bytes = cgroups * gemm::kGroupBytes;
+  for (int64_t t = 0; t < tile.ntaps; ++t) {
     const uint8_t* s[MR];
     for (int r = 0; r < MR; ++r) {
-      s[r] = rows[t * gemm::kRows + r];
+      s[r] = tile.rows[t * gemm::kRows + r];
     }
+    const int8_t* bg = b + (tile.taps != nullptr ? tile.taps[t] : t) * tap_bytes;
     for (int64_t g = 0; g < cgroups; ++g, bg += gemm::kGroupBytes) {
       __m512i w[NP];
       for (int q = 0; q < NP; ++q) {
@@ -737,7 +754,10 @@ __attribute__((target(Q8_AVX512_TARGET ",avx512vnni"), noinline)) void conv_tile
     }
   }
   const Avx512Epi c = make_avx512_epi(e, n);
-  const int64_t row0 = (n * e.pixels + p) * e.oc + o0;
+  int64_t at[MR];
+  for (int r = 0; r < MR; ++r) {
+    at[r] = (n * e.pixels + (tile.orow != nullptr ? tile.orow[r] : tile.p + r)) * e.oc + o0;
+  }
 #pragma GCC unroll 4
   for (int q = 0; q < NP; ++q) {
     const __mmask16 k = tail_mask(ncols - 16 * q);
@@ -745,16 +765,34 @@ __attribute__((target(Q8_AVX512_TARGET ",avx512vnni"), noinline)) void conv_tile
     const __m512 bv = c.has_bias ? _mm512_maskz_loadu_ps(k, e.bias + o0 + 16 * q) : _mm512_setzero_ps();
 #pragma GCC unroll 6
     for (int r = 0; r < MR; ++r) {
-      avx512_epi_vec(c, acc[r][q], sv, bv, row0 + r * e.oc + 16 * q, k);
+      avx512_epi_vec(c, acc[r][q], sv, bv, at[r] + 16 * q, k);
     }
   }
 }
 
-using FusedTileFn = void (*)(const Epilogue&, const uint8_t* const*, int64_t, int64_t, const int8_t*, int64_t, int64_t,
-                             int64_t, int64_t, int, const int32_t*);
+using FusedTileFn = void (*)(const Epilogue&, const FusedTile&, int64_t, const int8_t*, int64_t, int64_t, int64_t, int,
+                             const int32_t*);
 const FusedTileFn kFusedTiles[gemm::kMaxPanels + 1] = {nullptr, &conv_tile_fused_avx512<1>,
                                                        &conv_tile_fused_avx512<2>, &conv_tile_fused_avx512<3>,
                                                        &conv_tile_fused_avx512<4>};
+
+// Per-tap column sums of a packed linear block (K = taps * cgroups * 4):
+// out[t * ldo + j] = sum over the tap's k of w[j][k], for j < panels * 16.
+__attribute__((target(Q8_AVX512_TARGET ",avx512vnni"), noinline)) void tap_sums_avx512(
+    const int8_t* weights, int64_t panel_stride, int64_t panels, int64_t taps, int64_t cgroups, int32_t* out,
+    int64_t ldo) {
+  const __m512i ones = _mm512_set1_epi8(1);
+  for (int64_t pn = 0; pn < panels; ++pn) {
+    const int8_t* bg = weights + pn * panel_stride;
+    for (int64_t t = 0; t < taps; ++t) {
+      __m512i acc = _mm512_setzero_si512();
+      for (int64_t q = 0; q < cgroups; ++q, bg += gemm::kGroupBytes) {
+        asm("vpdpbusd %2, %1, %0" : "+v"(acc) : "v"(ones), "v"(_mm512_loadu_si512(bg)));
+      }
+      _mm512_storeu_si512(out + t * ldo + pn * gemm::kPanel, acc);
+    }
+  }
+}
 
 template <>
 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx2"), noinline)) void epilogue_avx512<int32_t>(
@@ -1009,6 +1047,19 @@ void build_panel(const uint8_t* x, const Geometry& G, int64_t g, uint8_t zp, int
 // A group that would run past the end of the input buffer (end) reads a copy in
 // tail instead: it starts at end - Cg - e for e in {0, 1, 2} (Cg4 - Cg <= 3), so
 // tail holds 3 slots of Cg4 bytes, slot e for that start. tap_off[t] = (i * dh * W + j * dw) * C.
+// q itself when its Cg4 bytes lie before end, else its copy in a tail slot (see
+// build_row_ptrs).
+inline const uint8_t* tail_safe(const uint8_t* q, const Geometry& G, const uint8_t* end, uint8_t* tail) {
+  if (q + G.cg4 <= end) {
+    return q;
+  }
+  const int64_t have = end - q;
+  uint8_t* slot = tail + (have - G.cg) * G.cg4;
+  std::memcpy(slot, q, static_cast<size_t>(have));
+  std::memset(slot + have, 0, static_cast<size_t>(G.cg4 - have));
+  return slot;
+}
+
 // Rows are global output rows m = n * OH * OW + p, so a panel may run across samples
 // (conv_gemm's merged batch).
 void build_row_ptrs(const uint8_t* xq, const Geometry& G, int64_t g, const uint8_t* zp_row, const int64_t* tap_off,
@@ -1019,16 +1070,7 @@ void build_row_ptrs(const uint8_t* xq, const Geometry& G, int64_t g, const uint8
   const int64_t p0 = m0 % pixels;
   const uint8_t* x = xq + (m0 / pixels) * sample_bytes;
   int64_t oy = p0 / G.ow, ox = p0 % G.ow;
-  const auto in_bounds = [&](const uint8_t* q) {
-    if (q + G.cg4 <= end) {
-      return q;
-    }
-    const int64_t have = end - q;
-    uint8_t* slot = tail + (have - G.cg) * G.cg4;
-    std::memcpy(slot, q, static_cast<size_t>(have));
-    std::memset(slot + have, 0, static_cast<size_t>(G.cg4 - have));
-    return static_cast<const uint8_t*>(slot);
-  };
+  const auto in_bounds = [&](const uint8_t* q) { return tail_safe(q, G, end, tail); };
   for (int r = 0; r < rows; ++r) {
     const int64_t iy = oy * G.sh - G.ph, ix = ox * G.sw - G.pw;
     const uint8_t* base = x + (iy * G.w + ix) * G.c + g * G.cg;
@@ -1066,6 +1108,210 @@ void build_row_ptrs(const uint8_t* xq, const Geometry& G, int64_t g, const uint8
   }
 }
 
+#if defined(Q8_EPI_MULTIVERSION)
+// Tap skipping for small images (AVX-512 VNNI, in place, one set of input qparams
+// and no NaN sample, groups == 1). A 3x3 layer at 4x4 has a third of its taps in
+// the zero padding, at 7x7 a fifth; the panel path multiplies them (as the zero
+// point). Here the output pixels are sorted into classes by the taps that lie inside
+// the image (the rows above / below and the columns left / right that are valid: 9
+// classes for a 3x3 same convolution), each class's rows (of the whole batch) are
+// cut into 6-row tiles (the last one filled up with copies of its last row, which
+// write the same values again), and a tile runs only its class's taps, its
+// accumulators starting at -z * (the column sums of those taps' weights): the same
+// integer as the full sum with padding at z. Returns false where it does not apply
+// or would not pay (fewer than 8 % of the taps in the padding, or too many tiles
+// filled up with copies).
+bool conv_gemm_classed(const uint8_t* xq, const Geometry& G, const ConvPackedView& wv, const Epilogue& epi) {
+  const int64_t taps = G.kh * G.kw;
+  if (G.groups != 1 || G.kh > 16 || G.kw > 16 || taps < 2) {
+    return false;
+  }
+  const auto valid_bits = [](int64_t o, int64_t stride, int64_t pad, int64_t dil, int64_t k, int64_t size) {
+    uint32_t m = 0;
+    for (int64_t i = 0; i < k; ++i) {
+      const int64_t v = o * stride - pad + i * dil;
+      if (v >= 0 && v < size) {
+        m |= uint32_t{1} << i;
+      }
+    }
+    return m;
+  };
+  std::vector<uint32_t> rmask(static_cast<size_t>(G.oh)), cmask(static_cast<size_t>(G.ow));
+  int64_t rsum = 0, csum = 0;
+  for (int64_t oy = 0; oy < G.oh; ++oy) {
+    rmask[oy] = valid_bits(oy, G.sh, G.ph, G.dh, G.kh, G.h);
+    rsum += __builtin_popcount(rmask[oy]);
+  }
+  for (int64_t ox = 0; ox < G.ow; ++ox) {
+    cmask[ox] = valid_bits(ox, G.sw, G.pw, G.dw, G.kw, G.w);
+    csum += __builtin_popcount(cmask[ox]);
+  }
+  const double valid = static_cast<double>(rsum) * static_cast<double>(csum) /
+                       (static_cast<double>(G.oh * G.ow) * static_cast<double>(taps));
+  if (valid > 0.92) {
+    return false;
+  }
+  // Distinct row / column masks, and each class's taps.
+  std::vector<uint32_t> rvals, cvals;
+  std::vector<int> rid(static_cast<size_t>(G.oh)), cid(static_cast<size_t>(G.ow));
+  const auto index_of = [](std::vector<uint32_t>& vals, uint32_t m) {
+    const auto it = std::find(vals.begin(), vals.end(), m);
+    if (it != vals.end()) {
+      return static_cast<int>(it - vals.begin());
+    }
+    vals.push_back(m);
+    return static_cast<int>(vals.size() - 1);
+  };
+  for (int64_t oy = 0; oy < G.oh; ++oy) {
+    rid[oy] = index_of(rvals, rmask[oy]);
+  }
+  for (int64_t ox = 0; ox < G.ow; ++ox) {
+    cid[ox] = index_of(cvals, cmask[ox]);
+  }
+  const int64_t ncls = static_cast<int64_t>(rvals.size() * cvals.size());
+  // Pays only if the tap-rows run (classes filled up to whole tiles) are at most 92 %
+  // of the panel path's (7x7 at batch 1: 9 classes of 1 to 25 pixels do not).
+  {
+    std::vector<int64_t> rcount(rvals.size()), ccount(cvals.size());
+    for (int64_t oy = 0; oy < G.oh; ++oy) {
+      ++rcount[rid[oy]];
+    }
+    for (int64_t ox = 0; ox < G.ow; ++ox) {
+      ++ccount[cid[ox]];
+    }
+    int64_t cost = 0;
+    for (size_t rc = 0; rc < rvals.size(); ++rc) {
+      for (size_t cc = 0; cc < cvals.size(); ++cc) {
+        const int64_t cnt = G.n * rcount[rc] * ccount[cc];
+        cost += round_up(cnt, gemm::kRows) * __builtin_popcount(rvals[rc]) * __builtin_popcount(cvals[cc]);
+      }
+    }
+    const int64_t panel_cost = round_up(G.n * G.oh * G.ow, gemm::kRows) * taps;
+    if (static_cast<double>(cost) > 0.92 * static_cast<double>(panel_cost)) {
+      return false;
+    }
+  }
+  std::vector<std::vector<int32_t>> ctaps(static_cast<size_t>(ncls));
+  for (size_t rc = 0; rc < rvals.size(); ++rc) {
+    for (size_t cc = 0; cc < cvals.size(); ++cc) {
+      auto& list = ctaps[rc * cvals.size() + cc];
+      for (int64_t i = 0; i < G.kh; ++i) {
+        for (int64_t j = 0; j < G.kw; ++j) {
+          if (((rvals[rc] >> i) & 1u) != 0 && ((cvals[cc] >> j) & 1u) != 0) {
+            list.push_back(static_cast<int32_t>(i * G.kw + j));
+          }
+        }
+      }
+    }
+  }
+  // The batch's output rows by class, each class cut into 6-row tiles.
+  const int64_t pixels = G.oh * G.ow;
+  std::vector<int64_t> order;
+  order.reserve(static_cast<size_t>(G.n * pixels + ncls * gemm::kRows));
+  std::vector<std::pair<int64_t, int64_t>> tiles;  // (class, first index in order)
+  for (size_t rc = 0; rc < rvals.size(); ++rc) {
+    for (size_t cc = 0; cc < cvals.size(); ++cc) {
+      const int64_t start = static_cast<int64_t>(order.size());
+      for (int64_t n = 0; n < G.n; ++n) {
+        for (int64_t oy = 0; oy < G.oh; ++oy) {
+          if (rid[oy] != static_cast<int>(rc)) {
+            continue;
+          }
+          for (int64_t ox = 0; ox < G.ow; ++ox) {
+            if (cid[ox] == static_cast<int>(cc)) {
+              order.push_back(n * pixels + oy * G.ow + ox);
+            }
+          }
+        }
+      }
+      const int64_t cnt = static_cast<int64_t>(order.size()) - start;
+      if (cnt == 0) {
+        continue;
+      }
+      for (int64_t k = cnt; k % gemm::kRows != 0; ++k) {
+        order.push_back(order.back());
+      }
+      for (int64_t k = start; k < static_cast<int64_t>(order.size()); k += gemm::kRows) {
+        tiles.emplace_back(static_cast<int64_t>(rc * cvals.size() + cc), k);
+      }
+    }
+  }
+  // Each class's accumulator start per column: -z * (sum of its taps' column sums),
+  // wrapping int32 (the true final values fit in int32).
+  const detail::PackedView& w = wv.blocks[0];
+  const int64_t cgroups = G.cg4 / 4;
+  const int64_t ldc = w.panels * gemm::kPanel;
+  std::vector<int32_t> tsum(static_cast<size_t>(taps * ldc));
+  tap_sums_avx512(w.weights, w.panel_stride, w.panels, taps, cgroups, tsum.data(), ldc);
+  std::vector<int32_t> init(static_cast<size_t>(ncls * ldc));
+  const uint32_t z = static_cast<uint32_t>(epi.zx[0]);
+  for (int64_t c = 0; c < ncls; ++c) {
+    for (int64_t j = 0; j < ldc; ++j) {
+      uint32_t sum = 0;
+      for (const int32_t t : ctaps[c]) {
+        sum += static_cast<uint32_t>(tsum[t * ldc + j]);
+      }
+      init[c * ldc + j] = static_cast<int32_t>(0u - z * sum);
+    }
+  }
+  // Work items: chunks of tiles x ranges of 64-column blocks (as conv_gemm).
+  const int64_t ntiles = static_cast<int64_t>(tiles.size());
+  const int64_t nthreads = at::get_num_threads();
+  int64_t chunk = 16;
+  if (nthreads > 1) {
+    chunk = std::max<int64_t>(1, std::min(chunk, ceil_div(ntiles, 4 * nthreads)));
+  }
+  const int64_t nchunks = ceil_div(ntiles, chunk);
+  const int64_t nblocks = ceil_div(w.panels, gemm::kMaxPanels);
+  int64_t nsplit = 1;
+  if (nthreads > 1 && nchunks < 4 * nthreads) {
+    nsplit = std::min(nblocks, ceil_div(4 * nthreads, nchunks));
+  }
+  const int64_t blocks_per_item = ceil_div(nblocks, nsplit);
+  nsplit = ceil_div(nblocks, blocks_per_item);
+  const int64_t sample_bytes = G.h * G.w * G.c;
+  const uint8_t* const xq_end = xq + G.n * sample_bytes;
+  const int64_t ptrs_per_tile = taps * gemm::kRows;
+  at::parallel_for(0, nchunks * nsplit, 1, [&](int64_t begin, int64_t end) {
+    std::vector<const uint8_t*> ptrs(static_cast<size_t>(chunk * ptrs_per_tile));
+    std::vector<uint8_t> tail(static_cast<size_t>(3 * G.cg4));
+    for (int64_t item = begin; item < end; ++item) {
+      const int64_t ci = item / nsplit, si = item % nsplit;
+      const int64_t t0 = ci * chunk, t1 = std::min(ntiles, t0 + chunk);
+      const int64_t jb0 = si * blocks_per_item, jb1 = std::min(nblocks, jb0 + blocks_per_item);
+      for (int64_t ti = t0; ti < t1; ++ti) {
+        const auto& list = ctaps[tiles[ti].first];
+        const uint8_t** tp = ptrs.data() + (ti - t0) * ptrs_per_tile;
+        for (int r = 0; r < gemm::kRows; ++r) {
+          const int64_t m = order[tiles[ti].second + r];
+          const int64_t n = m / pixels, pp = m % pixels, oy = pp / G.ow, ox = pp % G.ow;
+          const uint8_t* base = xq + n * sample_bytes + ((oy * G.sh - G.ph) * G.w + (ox * G.sw - G.pw)) * G.c;
+          for (size_t tt = 0; tt < list.size(); ++tt) {
+            const int64_t i = list[tt] / G.kw, j = list[tt] % G.kw;
+            const uint8_t* q = base + (i * G.dh * G.w + j * G.dw) * G.c;
+            tp[tt * gemm::kRows + r] = G.cg4 == G.cg ? q : tail_safe(q, G, xq_end, tail.data());
+          }
+        }
+      }
+      for (int64_t jb = jb0; jb < jb1; ++jb) {
+        const int64_t p0 = jb * gemm::kMaxPanels;
+        const int np = static_cast<int>(std::min<int64_t>(gemm::kMaxPanels, w.panels - p0));
+        const int64_t col0 = p0 * gemm::kPanel;
+        const int ncols = static_cast<int>(std::min<int64_t>(np * gemm::kPanel, G.oc - col0));
+        const int8_t* b = w.weights + p0 * w.panel_stride;
+        for (int64_t ti = t0; ti < t1; ++ti) {
+          const int64_t c = tiles[ti].first;
+          const FusedTile tile{ptrs.data() + (ti - t0) * ptrs_per_tile, static_cast<int64_t>(ctaps[c].size()),
+                               ctaps[c].data(), init.data() + c * ldc + col0, order.data() + tiles[ti].second, 0};
+          kFusedTiles[np](epi, tile, cgroups, b, w.panel_stride, 0, col0, ncols, w.rowsums + col0);
+        }
+      }
+    }
+  });
+  return true;
+}
+#endif
+
 void conv_gemm(const uint8_t* xq, const Geometry& G, const ConvPackedView& wv, const Epilogue& epi) {
   const auto& kern = gemm::active_kernels();
   const int64_t kgroups = G.kh * G.kw * G.cg4 / 4;
@@ -1082,10 +1328,16 @@ void conv_gemm(const uint8_t* xq, const Geometry& G, const ConvPackedView& wv, c
   // so a small image (4x4: 16 rows) does not end in a partial panel per sample; the
   // epilogue then takes sample 0's qparams and the global row. Otherwise the rows of
   // a panel belong to one sample ("segments" are the samples).
-  bool merged = in_place && G.n > 1;
-  for (int64_t n = 0; merged && n < G.n; ++n) {
-    merged = epi.sx[n] == epi.sx[0] && epi.zx[n] == epi.zx[0] && !epi.bad[n];
+  bool uniform = in_place;
+  for (int64_t n = 0; uniform && n < G.n; ++n) {
+    uniform = epi.sx[n] == epi.sx[0] && epi.zx[n] == epi.zx[0] && !epi.bad[n];
   }
+#if defined(Q8_EPI_MULTIVERSION)
+  if (fused && uniform && conv_gemm_classed(xq, G, wv, epi)) {
+    return;
+  }
+#endif
+  const bool merged = uniform && G.n > 1;
   const int64_t nseg = merged ? 1 : G.n;
   const int64_t seg_rows = merged ? G.n * pixels : pixels;
   const int64_t mpanels = ceil_div(seg_rows, gemm::kRows);
@@ -1159,8 +1411,8 @@ void conv_gemm(const uint8_t* xq, const Geometry& G, const ConvPackedView& wv, c
             const int mr = static_cast<int>(std::min<int64_t>(gemm::kRows, seg_rows - row0));
 #if defined(Q8_EPI_MULTIVERSION)
             if (fused && mr == gemm::kRows && !epi.bad[n]) {
-              kFusedTiles[np](epi, ptrs.data() + (mp - mp0) * ptrs_per_panel, taps, G.cg4 / 4, b, w.panel_stride, n,
-                              row0, g * ocg + col0, ncols, w.rowsums + col0);
+              const FusedTile tile{ptrs.data() + (mp - mp0) * ptrs_per_panel, taps, nullptr, nullptr, nullptr, row0};
+              kFusedTiles[np](epi, tile, G.cg4 / 4, b, w.panel_stride, n, g * ocg + col0, ncols, w.rowsums + col0);
               continue;
             }
 #endif
