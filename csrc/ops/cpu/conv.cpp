@@ -795,7 +795,7 @@ __attribute__((target(Q8_AVX512_TARGET ",avx512vnni"), noinline)) void tap_sums_
 }
 
 template <>
-__attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx2"), noinline)) void epilogue_avx512<int32_t>(
+__attribute__((target(Q8_AVX512_TARGET), noinline)) void epilogue_avx512<int32_t>(
     const Epilogue& e, int64_t n, int64_t p, int64_t o0, int cnt, const int32_t* acc, const int32_t* wsum) {
   epilogue_tile_avx512(e, n, p, 1, o0, cnt, acc, 0, wsum);
 }
@@ -1038,15 +1038,6 @@ void build_panel(const uint8_t* x, const Geometry& G, int64_t g, uint8_t zp, int
   }
 }
 
-// The row pointers of the in-place tile (GemmKernels::int8_conv_tile) for output
-// pixels [p0, p0 + rows) of sample x, channel group g: ptrs[t * kRows + r] (tap
-// t = i * KW + j) points at channel g * Cg of input pixel
-// (oy * sh - ph + i * dh, ox * sw - pw + j * dw), or at zp_row (Cg4 bytes of the
-// zero point) outside the image. The tile reads Cg4 bytes there: past Cg they are
-// the next channels or the next pixels (their weights are 0, so any value adds 0).
-// A group that would run past the end of the input buffer (end) reads a copy in
-// tail instead: it starts at end - Cg - e for e in {0, 1, 2} (Cg4 - Cg <= 3), so
-// tail holds 3 slots of Cg4 bytes, slot e for that start. tap_off[t] = (i * dh * W + j * dw) * C.
 // q itself when its Cg4 bytes lie before end, else its copy in a tail slot (see
 // build_row_ptrs).
 inline const uint8_t* tail_safe(const uint8_t* q, const Geometry& G, const uint8_t* end, uint8_t* tail) {
@@ -1060,8 +1051,74 @@ inline const uint8_t* tail_safe(const uint8_t* q, const Geometry& G, const uint8
   return slot;
 }
 
-// Rows are global output rows m = n * OH * OW + p, so a panel may run across samples
-// (conv_gemm's merged batch).
+// The work items of conv_gemm and conv_gemm_classed: `segs` segments (samples) of
+// `units` row units (6-row panels or tiles) each, cut into chunks of at most
+// `max_chunk` units. With several threads the chunks shrink to about 4 per thread
+// (so that small layers, 14x14 or 7x7, are not 3 chunks over 2 threads), and when
+// that still leaves fewer than 4 items per thread (4x4 at batch 1 is 3 panels) the
+// `nblocks` 64-column blocks are split across items too. Each item builds its own
+// panels or row pointers; no output depends on the split.
+struct WorkSplit {
+  int64_t units, chunk, nchunks, nblocks, nsplit, blocks_per_item;
+
+  int64_t items(int64_t segs) const {
+    return segs * nchunks * nsplit;
+  }
+  struct Item {
+    int64_t seg, u0, u1, jb0, jb1;  // segment, units [u0, u1), column blocks [jb0, jb1)
+  };
+  Item item(int64_t i) const {
+    const int64_t ci = i / nsplit % nchunks, si = i % nsplit;
+    return {i / (nchunks * nsplit), ci * chunk, std::min(units, (ci + 1) * chunk), si * blocks_per_item,
+            std::min(nblocks, (si + 1) * blocks_per_item)};
+  }
+};
+
+WorkSplit split_work(int64_t segs, int64_t units, int64_t max_chunk, int64_t nblocks) {
+  WorkSplit w{};
+  w.units = units;
+  w.nblocks = nblocks;
+  w.chunk = std::max<int64_t>(1, max_chunk);
+  const int64_t nthreads = at::get_num_threads();
+  if (nthreads > 1) {
+    w.chunk = std::max<int64_t>(1, std::min(w.chunk, ceil_div(segs * units, 4 * nthreads)));
+  }
+  w.nchunks = ceil_div(units, w.chunk);
+  w.nsplit = 1;
+  if (nthreads > 1 && segs * w.nchunks < 4 * nthreads) {
+    w.nsplit = std::min(nblocks, ceil_div(4 * nthreads, segs * w.nchunks));
+  }
+  w.blocks_per_item = ceil_div(nblocks, w.nsplit);
+  w.nsplit = ceil_div(nblocks, w.blocks_per_item);
+  return w;
+}
+
+// Column block jb (up to 4 panels of 16 columns) of a group's packed weight.
+struct ColumnBlock {
+  int np;          // panels
+  int64_t col0;    // first column (of the group)
+  int ncols;       // columns present
+  const int8_t* b; // its panel 0
+};
+
+ColumnBlock column_block(const detail::PackedView& w, int64_t jb, int64_t ocg) {
+  const int64_t p0 = jb * gemm::kMaxPanels;
+  const int np = static_cast<int>(std::min<int64_t>(gemm::kMaxPanels, w.panels - p0));
+  const int64_t col0 = p0 * gemm::kPanel;
+  return {np, col0, static_cast<int>(std::min<int64_t>(np * gemm::kPanel, ocg - col0)), w.weights + p0 * w.panel_stride};
+}
+
+// The row pointers of the in-place tile (GemmKernels::int8_conv_tile) for output
+// pixels [p0, p0 + rows) of sample x, channel group g: ptrs[t * kRows + r] (tap
+// t = i * KW + j) points at channel g * Cg of input pixel
+// (oy * sh - ph + i * dh, ox * sw - pw + j * dw), or at zp_row (Cg4 bytes of the
+// zero point) outside the image. The tile reads Cg4 bytes there: past Cg they are
+// the next channels or the next pixels (their weights are 0, so any value adds 0).
+// A group that would run past the end of the input buffer (end) reads a copy in
+// tail instead: it starts at end - Cg - e for e in {0, 1, 2} (Cg4 - Cg <= 3), so
+// tail holds 3 slots of Cg4 bytes, slot e for that start (tail_safe). tap_off[t] =
+// (i * dh * W + j * dw) * C. Rows are global output rows m = n * OH * OW + p, so a
+// panel may run across samples (conv_gemm's merged batch).
 void build_row_ptrs(const uint8_t* xq, const Geometry& G, int64_t g, const uint8_t* zp_row, const int64_t* tap_off,
                     const uint8_t* end, uint8_t* tail, int64_t m0, int rows, const uint8_t** ptrs) {
   const int64_t taps = G.kh * G.kw;
@@ -1254,31 +1311,17 @@ bool conv_gemm_classed(const uint8_t* xq, const Geometry& G, const ConvPackedVie
       init[c * ldc + j] = static_cast<int32_t>(0u - z * sum);
     }
   }
-  // Work items: chunks of tiles x ranges of 64-column blocks (as conv_gemm).
-  const int64_t ntiles = static_cast<int64_t>(tiles.size());
-  const int64_t nthreads = at::get_num_threads();
-  int64_t chunk = 16;
-  if (nthreads > 1) {
-    chunk = std::max<int64_t>(1, std::min(chunk, ceil_div(ntiles, 4 * nthreads)));
-  }
-  const int64_t nchunks = ceil_div(ntiles, chunk);
-  const int64_t nblocks = ceil_div(w.panels, gemm::kMaxPanels);
-  int64_t nsplit = 1;
-  if (nthreads > 1 && nchunks < 4 * nthreads) {
-    nsplit = std::min(nblocks, ceil_div(4 * nthreads, nchunks));
-  }
-  const int64_t blocks_per_item = ceil_div(nblocks, nsplit);
-  nsplit = ceil_div(nblocks, blocks_per_item);
+  // Work items: chunks of tiles x ranges of 64-column blocks (one segment: the batch).
+  const WorkSplit ws = split_work(1, static_cast<int64_t>(tiles.size()), 16, ceil_div(w.panels, gemm::kMaxPanels));
   const int64_t sample_bytes = G.h * G.w * G.c;
   const uint8_t* const xq_end = xq + G.n * sample_bytes;
   const int64_t ptrs_per_tile = taps * gemm::kRows;
-  at::parallel_for(0, nchunks * nsplit, 1, [&](int64_t begin, int64_t end) {
-    std::vector<const uint8_t*> ptrs(static_cast<size_t>(chunk * ptrs_per_tile));
+  at::parallel_for(0, ws.items(1), 1, [&](int64_t begin, int64_t end) {
+    std::vector<const uint8_t*> ptrs(static_cast<size_t>(ws.chunk * ptrs_per_tile));
     std::vector<uint8_t> tail(static_cast<size_t>(3 * G.cg4));
     for (int64_t item = begin; item < end; ++item) {
-      const int64_t ci = item / nsplit, si = item % nsplit;
-      const int64_t t0 = ci * chunk, t1 = std::min(ntiles, t0 + chunk);
-      const int64_t jb0 = si * blocks_per_item, jb1 = std::min(nblocks, jb0 + blocks_per_item);
+      const WorkSplit::Item it = ws.item(item);
+      const int64_t t0 = it.u0, t1 = it.u1;
       for (int64_t ti = t0; ti < t1; ++ti) {
         const auto& list = ctaps[tiles[ti].first];
         const uint8_t** tp = ptrs.data() + (ti - t0) * ptrs_per_tile;
@@ -1293,17 +1336,13 @@ bool conv_gemm_classed(const uint8_t* xq, const Geometry& G, const ConvPackedVie
           }
         }
       }
-      for (int64_t jb = jb0; jb < jb1; ++jb) {
-        const int64_t p0 = jb * gemm::kMaxPanels;
-        const int np = static_cast<int>(std::min<int64_t>(gemm::kMaxPanels, w.panels - p0));
-        const int64_t col0 = p0 * gemm::kPanel;
-        const int ncols = static_cast<int>(std::min<int64_t>(np * gemm::kPanel, G.oc - col0));
-        const int8_t* b = w.weights + p0 * w.panel_stride;
+      for (int64_t jb = it.jb0; jb < it.jb1; ++jb) {
+        const ColumnBlock cb = column_block(w, jb, G.oc);
         for (int64_t ti = t0; ti < t1; ++ti) {
           const int64_t c = tiles[ti].first;
           const FusedTile tile{ptrs.data() + (ti - t0) * ptrs_per_tile, static_cast<int64_t>(ctaps[c].size()),
-                               ctaps[c].data(), init.data() + c * ldc + col0, order.data() + tiles[ti].second, 0};
-          kFusedTiles[np](epi, tile, cgroups, b, w.panel_stride, 0, col0, ncols, w.rowsums + col0);
+                               ctaps[c].data(), init.data() + c * ldc + cb.col0, order.data() + tiles[ti].second, 0};
+          kFusedTiles[cb.np](epi, tile, cgroups, cb.b, w.panel_stride, 0, cb.col0, cb.ncols, w.rowsums + cb.col0);
         }
       }
     }
@@ -1341,28 +1380,12 @@ void conv_gemm(const uint8_t* xq, const Geometry& G, const ConvPackedView& wv, c
   const int64_t nseg = merged ? 1 : G.n;
   const int64_t seg_rows = merged ? G.n * pixels : pixels;
   const int64_t mpanels = ceil_div(seg_rows, gemm::kRows);
+  const int64_t ocg = G.oc / G.groups;
   // Panels per chunk: about 96 KiB of panels (stays in L2 while every column block
   // of the group runs over it), at most 16.
-  int64_t chunk = std::max<int64_t>(1, std::min<int64_t>(16, (96 << 10) / std::max<int64_t>(panel_bytes, 1)));
-  // With several threads, small layers (14x14, 7x7) get at least about 4 chunks
-  // per thread, so the split is not 3 chunks over 2 threads (the results do not
-  // depend on the split).
-  const int64_t nthreads = at::get_num_threads();
-  if (nthreads > 1) {
-    chunk = std::max<int64_t>(1, std::min(chunk, ceil_div(nseg * mpanels, 4 * nthreads)));
-  }
-  const int64_t nchunks = ceil_div(mpanels, chunk);
-  const int64_t ocg = G.oc / G.groups;
-  const int64_t nblocks = ceil_div(ceil_div(ocg, gemm::kPanel), gemm::kMaxPanels);
-  // Too few chunks for the threads (small layers at batch 1: 4x4 is 3 panels): the
-  // column blocks are split as well, for about 4 items per thread. Each item builds its
-  // own panels or row pointers; no output depends on the split.
-  int64_t nsplit = 1;
-  if (nthreads > 1 && nseg * nchunks < 4 * nthreads) {
-    nsplit = std::min(nblocks, ceil_div(4 * nthreads, nseg * nchunks));
-  }
-  const int64_t blocks_per_item = ceil_div(nblocks, nsplit);
-  nsplit = ceil_div(nblocks, blocks_per_item);
+  const WorkSplit ws = split_work(nseg, mpanels, std::min<int64_t>(16, (96 << 10) / std::max<int64_t>(panel_bytes, 1)),
+                                  ceil_div(ceil_div(ocg, gemm::kPanel), gemm::kMaxPanels));
+  const int64_t chunk = ws.chunk;
   const int64_t taps = G.kh * G.kw;
   const int64_t ptrs_per_panel = taps * gemm::kRows;
   std::vector<int64_t> tap_off(static_cast<size_t>(taps));
@@ -1372,7 +1395,7 @@ void conv_gemm(const uint8_t* xq, const Geometry& G, const ConvPackedView& wv, c
     }
   }
   const uint8_t* const xq_end = xq + G.n * G.h * G.w * G.c;
-  at::parallel_for(0, nseg * nchunks * nsplit, 1, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, ws.items(nseg), 1, [&](int64_t begin, int64_t end) {
     std::vector<uint8_t> panels(in_place ? 0 : static_cast<size_t>(chunk * panel_bytes) + 64);
     uint8_t* pbuf = reinterpret_cast<uint8_t*>((reinterpret_cast<uintptr_t>(panels.data()) + 63) & ~uintptr_t{63});
     std::vector<const uint8_t*> ptrs(in_place ? static_cast<size_t>(chunk * ptrs_per_panel) : 0);
@@ -1380,10 +1403,9 @@ void conv_gemm(const uint8_t* xq, const Geometry& G, const ConvPackedView& wv, c
     alignas(64) int32_t c32[gemm::kRows * gemm::kTileCols];
     std::vector<int64_t> c64(long_k ? gemm::kRows * gemm::kTileCols : 0);
     for (int64_t item = begin; item < end; ++item) {
+      const WorkSplit::Item it = ws.item(item);
       // n: the segment (the sample, or 0 for the merged batch), whose qparams the epilogue takes
-      const int64_t n = item / (nchunks * nsplit), ci = item / nsplit % nchunks, si = item % nsplit;
-      const int64_t mp0 = ci * chunk, mp1 = std::min(mpanels, mp0 + chunk);
-      const int64_t jb0 = si * blocks_per_item, jb1 = std::min(nblocks, jb0 + blocks_per_item);
+      const int64_t n = it.seg, mp0 = it.u0, mp1 = it.u1;
       const uint8_t* x = xq + n * G.h * G.w * G.c;
       const uint8_t zp = static_cast<uint8_t>(epi.zx[n]);
       if (in_place) {
@@ -1400,12 +1422,11 @@ void conv_gemm(const uint8_t* xq, const Geometry& G, const ConvPackedView& wv, c
             build_panel(x, G, g, zp, mp * gemm::kRows, rows, pbuf + (mp - mp0) * panel_bytes);
           }
         }
-        for (int64_t jb = jb0; jb < jb1; ++jb) {
-          const int64_t p0 = jb * gemm::kMaxPanels;
-          const int np = static_cast<int>(std::min<int64_t>(gemm::kMaxPanels, w.panels - p0));
-          const int64_t col0 = p0 * gemm::kPanel;
-          const int ncols = static_cast<int>(std::min<int64_t>(np * gemm::kPanel, ocg - col0));
-          const int8_t* b = w.weights + p0 * w.panel_stride;
+        for (int64_t jb = it.jb0; jb < it.jb1; ++jb) {
+          const ColumnBlock cb = column_block(w, jb, ocg);
+          const int np = cb.np, ncols = cb.ncols;
+          const int64_t col0 = cb.col0;
+          const int8_t* b = cb.b;
           for (int64_t mp = mp0; mp < mp1; ++mp) {
             const int64_t row0 = mp * gemm::kRows;
             const int mr = static_cast<int>(std::min<int64_t>(gemm::kRows, seg_rows - row0));
