@@ -77,6 +77,12 @@ SHAPES_PANEL = [
 ]
 
 
+def out_size(shape):
+    """(OH, OW) of a SHAPES-style case."""
+    n, c, h, w, oc, k, s, p, d, g = shape
+    return tuple((size + 2 * p[i] - d[i] * (k[i] - 1) - 1) // s[i] + 1 for i, size in enumerate((h, w)))
+
+
 def run_case(shape, dtype=torch.float32, memory_format=torch.contiguous_format, bias=True, seed=0, **kw):
     n, c, h, w, oc, k, s, p, d, g = shape
     w8, ws = make_weight(oc, c // g, *k, seed=seed)
@@ -107,8 +113,7 @@ def test_conv2d_dynamic_exact_on_every_isa(shape):
 @pytest.mark.parametrize("shape", SHAPES[:6] + SHAPES_PANEL)
 def test_conv2d_static_fused_epilogue_exact_on_every_isa(shape):
     n, c, h, w, oc, k, s, p, d, g = shape
-    oh = (h + 2 * p[0] - d[0] * (k[0] - 1) - 1) // s[0] + 1
-    ow = (w + 2 * p[1] - d[1] * (k[1] - 1) - 1) // s[1] + 1
+    oh, ow = out_size(shape)
     gen = torch.Generator().manual_seed(5)
     st = dict(activation="static", input_scale=torch.tensor(0.031), input_zero_point=torch.tensor(117))
     res_f = torch.randn(n, oc, oh, ow, generator=gen)
@@ -191,8 +196,7 @@ SHAPES_SMALL = [
 @pytest.mark.parametrize("shape", SHAPES_SMALL)
 def test_conv2d_small_images_exact_on_every_isa(shape):
     n, c, h, w, oc, k, s, p, d, g = shape
-    oh = (h + 2 * p[0] - d[0] * (k[0] - 1) - 1) // s[0] + 1
-    ow = (w + 2 * p[1] - d[1] * (k[1] - 1) - 1) // s[1] + 1
+    oh, ow = out_size(shape)
     gen = torch.Generator().manual_seed(9)
     st = dict(activation="static", input_scale=torch.tensor(0.027), input_zero_point=torch.tensor(101))
     res_u8 = torch.randint(0, 256, (n, oc, oh, ow), generator=gen, dtype=torch.uint8).contiguous(
