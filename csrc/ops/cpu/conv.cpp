@@ -617,9 +617,10 @@ __attribute__((target(Q8_AVX512_TARGET), always_inline)) inline Avx512Epi make_a
 // NaN (vcvtps2dq's 0x80000000) becomes the zero point, as in run_body. With
 // fast_requant (set_fast_requant), the clamps and the requantization are one clamp
 // of y * inv to [q_lo, q_hi].
-__attribute__((target(Q8_AVX512_TARGET), always_inline)) inline void avx512_epi_vec(const Avx512Epi& c, __m512i d,
-                                                                                   __m512 s, __m512 bv, int64_t at,
-                                                                                   __mmask16 k) {
+// y of one vector, before the clamps: (float(d) * s + bv) + the residual.
+__attribute__((target(Q8_AVX512_TARGET), always_inline)) inline __m512 avx512_epi_y(const Avx512Epi& c, __m512i d,
+                                                                                  __m512 s, __m512 bv, int64_t at,
+                                                                                  __mmask16 k) {
   const Epilogue& e = *c.e;
   __m512 y = _mm512_mul_ps(_mm512_cvtepi32_ps(d), s);
   if (c.has_bias) {
@@ -631,10 +632,40 @@ __attribute__((target(Q8_AVX512_TARGET), always_inline)) inline void avx512_epi_
     const __m512i rv = _mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(k, e.res_u8 + at));
     y = _mm512_add_ps(y, _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(rv, c.rzp)), c.rsc));
   }
+  return y;
+}
+
+// fast_requant's code less the zero point: round(clamp(y * inv, q_lo, q_hi)); the
+// lower clamp only where lo (fast_lo_free: the packed store's saturation does it).
+__attribute__((target(Q8_AVX512_TARGET), always_inline)) inline __m512i avx512_fast_code(const Avx512Epi& c,
+                                                                                        __m512 y, bool lo) {
+  __m512 v = _mm512_mul_ps(y, c.inv);
+  if (lo) {
+    v = _mm512_max_ps(c.qlo, v);
+  }
+  return _mm512_cvtps_epi32(_mm512_min_ps(c.qhi, v));
+}
+
+// One 16-column vector of one output row: d = acc - z * wsum (int32, wrapping), s =
+// sx * sw and bv = bias of the columns (k: the columns present), at: the output index.
+// Per element the IEEE operations of run_body in its order, written with min / max
+// where those are the same selects: maxps(a, b) is a > b ? a : b, so
+//   y < lo ? lo : y  ==  maxps(lo, y)  and  y > hi ? hi : y  ==  minps(hi, y)
+// (NaN and signed zeros included), clamp_pm512(v) == maxps(-512, minps(512, v)), and
+// for |v| <= 512 round_small(v) is vcvtps2dq's round-to-nearest-even (the default
+// MXCSR mode, which round_small also assumes) of v; + zero point and the clamp to
+// [0, 255] are then exact in int32 (vpmaxsd 0, then vpmovusdb saturates at 255), and
+// NaN (vcvtps2dq's 0x80000000) becomes the zero point, as in run_body. With
+// fast_requant (set_fast_requant), the clamps and the requantization are one clamp
+// of y * inv to [q_lo, q_hi].
+__attribute__((target(Q8_AVX512_TARGET), always_inline)) inline void avx512_epi_vec(const Avx512Epi& c, __m512i d,
+                                                                                   __m512 s, __m512 bv, int64_t at,
+                                                                                   __mmask16 k) {
+  const Epilogue& e = *c.e;
+  __m512 y = avx512_epi_y(c, d, s, bv, at, k);
   __m128i b;
   if (e.fast_requant) {  // (uint8 output)
-    const __m512 v = _mm512_min_ps(c.qhi, _mm512_max_ps(c.qlo, _mm512_mul_ps(y, c.inv)));
-    b = _mm512_cvtepi32_epi8(_mm512_add_epi32(_mm512_cvtps_epi32(v), c.ozp));
+    b = _mm512_cvtepi32_epi8(_mm512_add_epi32(avx512_fast_code(c, y, true), c.ozp));
   } else {
     if (e.has_lo) {
       y = _mm512_max_ps(c.lo, y);
@@ -690,18 +721,21 @@ __attribute__((target(Q8_AVX512_TARGET), noinline)) void epilogue_tile_avx512(co
   }
 }
 
-// What one fused tile runs (conv_tile_fused_avx512): the taps, their row pointers,
-// where the accumulators start and which output rows the 6 rows are.
+// What one call of conv_tile_fused_avx512 runs: count 6-row tiles, each with the
+// same taps and accumulator start, their row pointers and output rows.
 struct FusedTile {
-  const uint8_t* const* rows;  // [ntaps][kRows]: row r's bytes of the tt-th tap run
+  const uint8_t* const* rows;  // [ntaps][kRows] of tile 0: row r's bytes of the tt-th tap run
+  int64_t rows_stride;         // pointers from one tile's table to the next one's
   int64_t ntaps;
   const int32_t* taps;         // the weight taps run, or null: taps 0 .. ntaps - 1
   const int32_t* init;         // per column of the block, the accumulators' start, or null: -z * wsum
-  const int64_t* orow;         // the 6 output rows (of sample n), or null: p .. p + 5
+  const int64_t* orow;         // 6 output rows (of sample n) per tile, tile i's at orow + 6 i,
+                               // or null: tile i writes rows p + 6 i .. p + 6 i + 5
   int64_t p;
+  int64_t count;               // tiles
 };
 
-// The in-place tile of a whole 6-row panel on AVX-512 VNNI with the epilogue fused:
+// The in-place tile of whole 6-row panels on AVX-512 VNNI with the epilogue fused:
 // the accumulators start at -z * wsum (so they end at acc - z * wsum, the same
 // wrapping int32 value as the separate epilogue's) and go to avx512_epi_vec from
 // the registers (the loops over rows and panels are unrolled so that the
@@ -709,72 +743,151 @@ struct FusedTile {
 // (kernels/int8_gemm_avx512_vnni.cpp). A tile of the tap-skipping path
 // (conv_gemm_classed) runs only the taps inside the image, from init = -z * (sum of
 // those taps' weights): the same integer, since a padding tap adds (z - z) * w = 0.
-template <int NP>
+// One call runs tile.count tiles, so the epilogue's constants and the column terms
+// are set up once per run, not per tile.
+//
+// With fast_requant and a whole block of 2 or 4 panels (32 / 64 columns), a row's
+// codes are narrowed together: vpackssdw, + zero point (vpaddsw), vpackuswb, and one
+// vpermd that undoes the packs' 128-bit lane interleave, then one store. The
+// saturations are exact: the codes less zp are at most q_hi <= 255 - zp, so the int16
+// pack and the saturating + zp keep every code in [-32768, 255], and vpackuswb clamps
+// below at 0. That clamp is the lower one of fast_requant when q_lo == -zp
+// (round(max(-zp, v)) + zp == max(0, round(v) + zp): rounding is monotone and -zp is
+// an integer; huge negative v convert to INT32_MIN, also below 0), so then the max is
+// left out.
+// MODE 0: any epilogue (avx512_epi_vec per vector). MODE 1 .. 4: the packed narrowing
+// (NP 2 or 4, fast_requant, whole block), with the lower clamp where MODE - 1 has bit
+// 0 (kFusedLo) and a uint8 residual where it has bit 1 (kFusedRes); the bias is always
+// added (0 without one: y + 0 differs from y only for y = -0, whose code is the same).
+constexpr int kFusedLo = 1, kFusedRes = 2;
+template <int NP, int MODE>
 __attribute__((target(Q8_AVX512_TARGET ",avx512vnni"), noinline)) void conv_tile_fused_avx512(
     const Epilogue& e, const FusedTile& tile, int64_t cgroups, const int8_t* b, int64_t panel_stride, int64_t n,
     int64_t o0, int ncols, const int32_t* wsum) {
   constexpr int MR = gemm::kRows;
-  __m512i acc[MR][NP];
+  const Avx512Epi c = make_avx512_epi(e, n);
+  // The column terms: the accumulators' start, sx * sw and the bias.
+  alignas(64) int32_t nz[NP][16];
+  alignas(64) float sv[NP][16];
+  alignas(64) float bv[NP][16];
   {
     const __m512i zv = _mm512_set1_epi32(e.zx[n]);
-#pragma GCC unroll 4
     for (int q = 0; q < NP; ++q) {
       const __mmask16 k = tail_mask(ncols - 16 * q);
-      const __m512i nz =
+      const __m512i start =
           tile.init != nullptr
               ? _mm512_maskz_loadu_epi32(k, tile.init + 16 * q)
               : _mm512_sub_epi32(_mm512_setzero_si512(),
                                  _mm512_mullo_epi32(zv, _mm512_maskz_loadu_epi32(k, wsum + 16 * q)));
-#pragma GCC unroll 6
-      for (int r = 0; r < MR; ++r) {
-        acc[r][q] = nz;
-      }
+      _mm512_store_si512(nz[q], start);
+      _mm512_store_ps(sv[q], _mm512_mul_ps(c.sxv, _mm512_maskz_loadu_ps(k, e.sw + o0 + 16 * q)));
+      _mm512_store_ps(bv[q], c.has_bias ? _mm512_maskz_loadu_ps(k, e.bias + o0 + 16 * q) : _mm512_setzero_ps());
     }
   }
+  static_assert(MODE == 0 || NP == 2 || NP == 4, "the packed narrowing takes 2 or 4 panels");
+  constexpr bool kLo = MODE > 0 && ((MODE - 1) & kFusedLo) != 0;
+  constexpr bool kRes = MODE > 0 && ((MODE - 1) & kFusedRes) != 0;
+  const __m512i zp16 = _mm512_set1_epi16(static_cast<int16_t>(e.out_zp));
+  // dword j of the packed result holds bytes 4 (j % 4) .. of vector (j / 4) % 4's lane j / 16
+  const __m512i unlane = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
   const int64_t tap_bytes = cgroups * gemm::kGroupBytes;
-  for (int64_t t = 0; t < tile.ntaps; ++t) {
-    const uint8_t* s[MR];
-    for (int r = 0; r < MR; ++r) {
-      s[r] = tile.rows[t * gemm::kRows + r];
-    }
-    const int8_t* bg = b + (tile.taps != nullptr ? tile.taps[t] : t) * tap_bytes;
-    for (int64_t g = 0; g < cgroups; ++g, bg += gemm::kGroupBytes) {
-      __m512i w[NP];
-      for (int q = 0; q < NP; ++q) {
-        w[q] = _mm512_loadu_si512(bg + q * panel_stride);
-      }
+  for (int64_t i = 0; i < tile.count; ++i) {
+    __m512i acc[MR][NP];
+#pragma GCC unroll 4
+    for (int q = 0; q < NP; ++q) {
+      const __m512i start = _mm512_load_si512(nz[q]);
+#pragma GCC unroll 6
       for (int r = 0; r < MR; ++r) {
-        int32_t a32;
-        std::memcpy(&a32, s[r] + 4 * g, 4);
-        const __m512i av = _mm512_set1_epi32(a32);
+        acc[r][q] = start;
+      }
+    }
+    const uint8_t* const* rows = tile.rows + i * tile.rows_stride;
+    for (int64_t t = 0; t < tile.ntaps; ++t) {
+      const uint8_t* s[MR];
+      for (int r = 0; r < MR; ++r) {
+        s[r] = rows[t * gemm::kRows + r];
+      }
+      const int8_t* bg = b + (tile.taps != nullptr ? tile.taps[t] : t) * tap_bytes;
+      for (int64_t g = 0; g < cgroups; ++g, bg += gemm::kGroupBytes) {
+        __m512i w[NP];
         for (int q = 0; q < NP; ++q) {
-          asm("vpdpbusd %2, %1, %0" : "+v"(acc[r][q]) : "v"(av), "v"(w[q]));
+          w[q] = _mm512_loadu_si512(bg + q * panel_stride);
+        }
+        for (int r = 0; r < MR; ++r) {
+          int32_t a32;
+          std::memcpy(&a32, s[r] + 4 * g, 4);
+          const __m512i av = _mm512_set1_epi32(a32);
+          for (int q = 0; q < NP; ++q) {
+            asm("vpdpbusd %2, %1, %0" : "+v"(acc[r][q]) : "v"(av), "v"(w[q]));
+          }
         }
       }
     }
-  }
-  const Avx512Epi c = make_avx512_epi(e, n);
-  int64_t at[MR];
-  for (int r = 0; r < MR; ++r) {
-    at[r] = (n * e.pixels + (tile.orow != nullptr ? tile.orow[r] : tile.p + r)) * e.oc + o0;
-  }
-#pragma GCC unroll 4
-  for (int q = 0; q < NP; ++q) {
-    const __mmask16 k = tail_mask(ncols - 16 * q);
-    const __m512 sv = _mm512_mul_ps(c.sxv, _mm512_maskz_loadu_ps(k, e.sw + o0 + 16 * q));
-    const __m512 bv = c.has_bias ? _mm512_maskz_loadu_ps(k, e.bias + o0 + 16 * q) : _mm512_setzero_ps();
-#pragma GCC unroll 6
+    int64_t at[MR];
     for (int r = 0; r < MR; ++r) {
-      avx512_epi_vec(c, acc[r][q], sv, bv, at[r] + 16 * q, k);
+      at[r] = (n * e.pixels + (tile.orow != nullptr ? tile.orow[6 * i + r] : tile.p + 6 * i + r)) * e.oc + o0;
+    }
+    if constexpr (MODE > 0) {
+      {
+#pragma GCC unroll 6
+        for (int r = 0; r < MR; ++r) {
+          __m512i code[NP];
+#pragma GCC unroll 4
+          for (int q = 0; q < NP; ++q) {
+            __m512 y = _mm512_add_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(acc[r][q]), _mm512_load_ps(sv[q])),
+                                     _mm512_load_ps(bv[q]));
+            if constexpr (kRes) {
+              const __m512i rv = _mm512_cvtepu8_epi32(
+                  _mm_loadu_si128(reinterpret_cast<const __m128i*>(e.res_u8 + at[r] + 16 * q)));
+              y = _mm512_add_ps(y, _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(rv, c.rzp)), c.rsc));
+            }
+            code[q] = avx512_fast_code(c, y, kLo);
+          }
+          const __m512i w01 = _mm512_adds_epi16(_mm512_packs_epi32(code[0], code[1]), zp16);
+          if constexpr (NP == 4) {
+            const __m512i w23 = _mm512_adds_epi16(_mm512_packs_epi32(code[2], code[3]), zp16);
+            _mm512_storeu_si512(e.out_u8 + at[r], _mm512_permutexvar_epi32(unlane, _mm512_packus_epi16(w01, w23)));
+          } else {
+            // dwords 4 L + {0, 1} of the pack hold vector 0's and 1's bytes of lane L
+            const __m512i p = _mm512_permutexvar_epi32(unlane, _mm512_packus_epi16(w01, w01));
+            // unlane puts dword 4 L + v at v * 4 + L: vectors 0 and 1 are dwords 0..7
+            _mm256_storeu_si256(reinterpret_cast<__m256i*>(e.out_u8 + at[r]), _mm512_castsi512_si256(p));
+          }
+        }
+      }
+    } else {
+#pragma GCC unroll 4
+    for (int q = 0; q < NP; ++q) {
+      const __mmask16 k = tail_mask(ncols - 16 * q);
+      const __m512 s = _mm512_load_ps(sv[q]);
+      const __m512 bq = _mm512_load_ps(bv[q]);
+#pragma GCC unroll 6
+      for (int r = 0; r < MR; ++r) {
+        avx512_epi_vec(c, acc[r][q], s, bq, at[r] + 16 * q, k);
+      }
+    }
     }
   }
 }
 
 using FusedTileFn = void (*)(const Epilogue&, const FusedTile&, int64_t, const int8_t*, int64_t, int64_t, int64_t, int,
                              const int32_t*);
-const FusedTileFn kFusedTiles[gemm::kMaxPanels + 1] = {nullptr, &conv_tile_fused_avx512<1>,
-                                                       &conv_tile_fused_avx512<2>, &conv_tile_fused_avx512<3>,
-                                                       &conv_tile_fused_avx512<4>};
+// The fused tile for an epilogue and a column block of np panels with ncols columns.
+FusedTileFn fused_tile_fn(const Epilogue& e, int np, int ncols) {
+  static const FusedTileFn kAny[gemm::kMaxPanels + 1] = {nullptr, &conv_tile_fused_avx512<1, 0>,
+                                                         &conv_tile_fused_avx512<2, 0>, &conv_tile_fused_avx512<3, 0>,
+                                                         &conv_tile_fused_avx512<4, 0>};
+  static const FusedTileFn kPacked[2][4] = {
+      {&conv_tile_fused_avx512<2, 1>, &conv_tile_fused_avx512<2, 2>, &conv_tile_fused_avx512<2, 3>,
+       &conv_tile_fused_avx512<2, 4>},
+      {&conv_tile_fused_avx512<4, 1>, &conv_tile_fused_avx512<4, 2>, &conv_tile_fused_avx512<4, 3>,
+       &conv_tile_fused_avx512<4, 4>}};
+  if (e.fast_requant && (np == 2 || np == 4) && ncols == np * gemm::kPanel) {
+    const int mode = (e.q_lo != -static_cast<float>(e.out_zp) ? kFusedLo : 0) | (e.res_u8 != nullptr ? kFusedRes : 0);
+    return kPacked[np == 4][mode];
+  }
+  return kAny[np];
+}
 
 // Per-tap column sums of a packed linear block (K = taps * cgroups * 4):
 // out[t * ldo + j] = sum over the tap's k of w[j][k], for j < panels * 16.
@@ -1338,11 +1451,19 @@ bool conv_gemm_classed(const uint8_t* xq, const Geometry& G, const ConvPackedVie
       }
       for (int64_t jb = it.jb0; jb < it.jb1; ++jb) {
         const ColumnBlock cb = column_block(w, jb, G.oc);
-        for (int64_t ti = t0; ti < t1; ++ti) {
+        const FusedTileFn fn = fused_tile_fn(epi, cb.np, cb.ncols);
+        for (int64_t ti = t0; ti < t1;) {
+          // a run of tiles of one class (their rows follow each other in order)
           const int64_t c = tiles[ti].first;
-          const FusedTile tile{ptrs.data() + (ti - t0) * ptrs_per_tile, static_cast<int64_t>(ctaps[c].size()),
-                               ctaps[c].data(), init.data() + c * ldc + cb.col0, order.data() + tiles[ti].second, 0};
-          kFusedTiles[cb.np](epi, tile, cgroups, cb.b, w.panel_stride, 0, cb.col0, cb.ncols, w.rowsums + cb.col0);
+          int64_t tj = ti + 1;
+          while (tj < t1 && tiles[tj].first == c) {
+            ++tj;
+          }
+          const FusedTile tile{ptrs.data() + (ti - t0) * ptrs_per_tile, ptrs_per_tile,
+                               static_cast<int64_t>(ctaps[c].size()), ctaps[c].data(), init.data() + c * ldc + cb.col0,
+                               order.data() + tiles[ti].second, 0, tj - ti};
+          fn(epi, tile, cgroups, cb.b, w.panel_stride, 0, cb.col0, cb.ncols, w.rowsums + cb.col0);
+          ti = tj;
         }
       }
     }
@@ -1360,7 +1481,7 @@ void conv_gemm(const uint8_t* xq, const Geometry& G, const ConvPackedView& wv, c
   // In place (the ISA has int8_conv_tile and K fits one int32 call): no panels, the
   // tile reads the input through a table of row pointers per 6-row panel.
   const bool in_place = kern.int8_conv_tile != nullptr && !long_k;
-  // AVX-512 VNNI: whole panels run the tile with the epilogue fused (kFusedTiles).
+  // AVX-512 VNNI: whole panels run the tile with the epilogue fused (fused_tile_fn).
   [[maybe_unused]] const bool fused = in_place && active_isa() == Isa::AVX512_VNNI;
   // Merged batch (in place, every sample with the same input qparams and none with
   // NaN / Inf): the panels run over the N * OH * OW output rows of the whole batch,
@@ -1427,16 +1548,22 @@ void conv_gemm(const uint8_t* xq, const Geometry& G, const ConvPackedView& wv, c
           const int np = cb.np, ncols = cb.ncols;
           const int64_t col0 = cb.col0;
           const int8_t* b = cb.b;
-          for (int64_t mp = mp0; mp < mp1; ++mp) {
+          int64_t mp = mp0;
+#if defined(Q8_EPI_MULTIVERSION)
+          if (fused && !epi.bad[n]) {
+            // the whole panels of the chunk in one call
+            const int64_t whole = std::min(mp1, seg_rows / gemm::kRows) - mp0;
+            if (whole > 0) {
+              const FusedTile tile{ptrs.data(), ptrs_per_panel, taps, nullptr, nullptr, nullptr, mp0 * gemm::kRows, whole};
+              fused_tile_fn(epi, np, ncols)(epi, tile, G.cg4 / 4, b, w.panel_stride, n, g * ocg + col0, ncols,
+                                            w.rowsums + col0);
+              mp += whole;
+            }
+          }
+#endif
+          for (; mp < mp1; ++mp) {
             const int64_t row0 = mp * gemm::kRows;
             const int mr = static_cast<int>(std::min<int64_t>(gemm::kRows, seg_rows - row0));
-#if defined(Q8_EPI_MULTIVERSION)
-            if (fused && mr == gemm::kRows && !epi.bad[n]) {
-              const FusedTile tile{ptrs.data() + (mp - mp0) * ptrs_per_panel, taps, nullptr, nullptr, nullptr, row0};
-              kFusedTiles[np](epi, tile, G.cg4 / 4, b, w.panel_stride, n, g * ocg + col0, ncols, w.rowsums + col0);
-              continue;
-            }
-#endif
             if (in_place) {
               kern.int8_conv_tile(ptrs.data() + (mp - mp0) * ptrs_per_panel, taps, G.cg4 / 4, b, w.panel_stride, mr,
                                   np, c32);
