@@ -1222,18 +1222,21 @@ ColumnBlock column_block(const detail::PackedView& w, int64_t jb, int64_t ocg) {
 }
 
 // The row pointers of the in-place tile (GemmKernels::int8_conv_tile) for output
-// pixels [p0, p0 + rows) of sample x, channel group g: ptrs[t * kRows + r] (tap
-// t = i * KW + j) points at channel g * Cg of input pixel
-// (oy * sh - ph + i * dh, ox * sw - pw + j * dw), or at zp_row (Cg4 bytes of the
-// zero point) outside the image. The tile reads Cg4 bytes there: past Cg they are
-// the next channels or the next pixels (their weights are 0, so any value adds 0).
-// A group that would run past the end of the input buffer (end) reads a copy in
-// tail instead: it starts at end - Cg - e for e in {0, 1, 2} (Cg4 - Cg <= 3), so
-// tail holds 3 slots of Cg4 bytes, slot e for that start (tail_safe). tap_off[t] =
-// (i * dh * W + j * dw) * C. Rows are global output rows m = n * OH * OW + p, so a
-// panel may run across samples (conv_gemm's merged batch).
+// rows [m0, m0 + rows) of channel group g, as consecutive 6-row panels: row i's
+// pointer of tap t is ptrs[(i / 6) * taps * 6 + t * 6 + i % 6] (tap t = i * KW + j).
+// It points at channel g * Cg of input pixel (oy * sh - ph + i * dh, ox * sw - pw + j * dw),
+// or at zp_row (Cg4 bytes of the zero point) outside the image. The tile reads Cg4
+// bytes there: past Cg they are the next channels or the next pixels (their weights
+// are 0, so any value adds 0). A group that would run past the end of the input
+// buffer (end) reads a copy in tail instead: it starts at end - Cg - e for e in
+// {0, 1, 2} (Cg4 - Cg <= 3), so tail holds 3 slots of Cg4 bytes, slot e for that start
+// (tail_safe). tap_off[t] = (i * dh * W + j * dw) * C. Rows are global output rows
+// m = n * OH * OW + p, so a panel may run across samples (conv_gemm's merged batch).
+// One call builds a work item's panels (one division for the first row); a panel
+// whose 6 rows all have every tap inside the image is 6 bases + tap_off[t] per tap.
 void build_row_ptrs(const uint8_t* xq, const Geometry& G, int64_t g, const uint8_t* zp_row, const int64_t* tap_off,
-                    const uint8_t* end, uint8_t* tail, int64_t m0, int rows, const uint8_t** ptrs) {
+                    const uint8_t* end, uint8_t* tail, int64_t m0, int64_t rows, const uint8_t** ptrs) {
+  constexpr int R = gemm::kRows;
   const int64_t taps = G.kh * G.kw;
   const int64_t span_h = (G.kh - 1) * G.dh, span_w = (G.kw - 1) * G.dw;
   const int64_t pixels = G.oh * G.ow, sample_bytes = G.h * G.w * G.c;
@@ -1241,38 +1244,58 @@ void build_row_ptrs(const uint8_t* xq, const Geometry& G, int64_t g, const uint8
   const uint8_t* x = xq + (m0 / pixels) * sample_bytes;
   int64_t oy = p0 / G.ow, ox = p0 % G.ow;
   const auto in_bounds = [&](const uint8_t* q) { return tail_safe(q, G, end, tail); };
-  for (int r = 0; r < rows; ++r) {
-    const int64_t iy = oy * G.sh - G.ph, ix = ox * G.sw - G.pw;
-    const uint8_t* base = x + (iy * G.w + ix) * G.c + g * G.cg;
-    if (iy >= 0 && iy + span_h < G.h && ix >= 0 && ix + span_w < G.w) {
-      for (int64_t t = 0; t < taps; ++t) {
-        ptrs[t * gemm::kRows + r] = base + tap_off[t];
-      }
-      // (the last tap reads the highest bytes: when it stays inside, every tap does)
-      if (G.cg4 != G.cg && base + tap_off[taps - 1] + G.cg4 > end) {
-        for (int64_t t = 0; t < taps; ++t) {
-          ptrs[t * gemm::kRows + r] = in_bounds(ptrs[t * gemm::kRows + r]);
-        }
-      }
-    } else {
-      for (int64_t i = 0; i < G.kh; ++i) {
-        const int64_t y = iy + i * G.dh;
-        for (int64_t j = 0; j < G.kw; ++j) {
-          const int64_t xx = ix + j * G.dw;
-          const uint8_t** d = ptrs + (i * G.kw + j) * gemm::kRows + r;
-          if (y < 0 || y >= G.h || xx < 0 || xx >= G.w) {
-            *d = zp_row;
-          } else {
-            *d = in_bounds(x + (y * G.w + xx) * G.c + g * G.cg);
-          }
+  for (int64_t i0 = 0; i0 < rows; i0 += R) {
+    const uint8_t** pp = ptrs + (i0 / R) * taps * R;
+    const int nr = static_cast<int>(std::min<int64_t>(R, rows - i0));
+    // Per row: its base (tap 0's pixel), whether every tap is inside, and where.
+    const uint8_t* base[R];
+    bool inside[R];
+    int64_t ry[R], rx[R];
+    bool all_inside = nr == R;
+    for (int r = 0; r < nr; ++r) {
+      const int64_t iy = oy * G.sh - G.ph, ix = ox * G.sw - G.pw;
+      base[r] = x + (iy * G.w + ix) * G.c + g * G.cg;
+      // (the last tap reads the highest bytes: when it stays inside the buffer, every tap does)
+      inside[r] = iy >= 0 && iy + span_h < G.h && ix >= 0 && ix + span_w < G.w &&
+                  (G.cg4 == G.cg || base[r] + tap_off[taps - 1] + G.cg4 <= end);
+      all_inside = all_inside && inside[r];
+      ry[r] = iy;
+      rx[r] = ix;
+      if (++ox == G.ow) {
+        ox = 0;
+        if (++oy == G.oh) {
+          oy = 0;
+          x += sample_bytes;
         }
       }
     }
-    if (++ox == G.ow) {
-      ox = 0;
-      if (++oy == G.oh) {
-        oy = 0;
-        x += sample_bytes;
+    if (all_inside) {
+      for (int64_t t = 0; t < taps; ++t) {
+        const int64_t off = tap_off[t];
+#pragma GCC unroll 6
+        for (int r = 0; r < R; ++r) {
+          pp[t * R + r] = base[r] + off;
+        }
+      }
+      continue;
+    }
+    for (int r = 0; r < nr; ++r) {
+      if (inside[r]) {
+        for (int64_t t = 0; t < taps; ++t) {
+          pp[t * R + r] = base[r] + tap_off[t];
+        }
+        continue;
+      }
+      // a border row: tap (i, j) is inside where both its input row and column are
+      for (int64_t i = 0; i < G.kh; ++i) {
+        const int64_t y = ry[r] + i * G.dh;
+        const bool yin = y >= 0 && y < G.h;
+        for (int64_t j = 0; j < G.kw; ++j) {
+          const int64_t xx = rx[r] + j * G.dw;
+          const int64_t t = i * G.kw + j;
+          const uint8_t* q = yin && xx >= 0 && xx < G.w ? base[r] + tap_off[t] : zp_row;
+          pp[t * R + r] = G.cg4 == G.cg || q == zp_row ? q : in_bounds(q);
+        }
       }
     }
   }
@@ -1534,12 +1557,13 @@ void conv_gemm(const uint8_t* xq, const Geometry& G, const ConvPackedView& wv, c
       }
       for (int64_t g = 0; g < G.groups; ++g) {
         const detail::PackedView& w = wv.blocks[g];
-        for (int64_t mp = mp0; mp < mp1; ++mp) {
-          const int rows = static_cast<int>(std::min<int64_t>(gemm::kRows, seg_rows - mp * gemm::kRows));
-          if (in_place) {
-            build_row_ptrs(xq, G, g, zp_row.data(), tap_off.data(), xq_end, zp_row.data() + G.cg4,
-                           n * seg_rows + mp * gemm::kRows, rows, ptrs.data() + (mp - mp0) * ptrs_per_panel);
-          } else {
+        if (in_place) {
+          build_row_ptrs(xq, G, g, zp_row.data(), tap_off.data(), xq_end, zp_row.data() + G.cg4,
+                         n * seg_rows + mp0 * gemm::kRows,
+                         std::min(seg_rows, mp1 * gemm::kRows) - mp0 * gemm::kRows, ptrs.data());
+        } else {
+          for (int64_t mp = mp0; mp < mp1; ++mp) {
+            const int rows = static_cast<int>(std::min<int64_t>(gemm::kRows, seg_rows - mp * gemm::kRows));
             build_panel(x, G, g, zp, mp * gemm::kRows, rows, pbuf + (mp - mp0) * panel_bytes);
           }
         }
