@@ -1165,14 +1165,20 @@ inline const uint8_t* tail_safe(const uint8_t* q, const Geometry& G, const uint8
 }
 
 // The work items of conv_gemm and conv_gemm_classed: `segs` segments (samples) of
-// `units` row units (6-row panels or tiles) each, cut into chunks of at most
-// `max_chunk` units. With several threads the chunks shrink to about 4 per thread
-// (so that small layers, 14x14 or 7x7, are not 3 chunks over 2 threads), and when
-// that still leaves fewer than 4 items per thread (4x4 at batch 1 is 3 panels) the
-// `nblocks` 64-column blocks are split across items too. Each item builds its own
-// panels or row pointers; no output depends on the split.
+// `units` row units (6-row panels or tiles) each, cut into chunks of at most about
+// `max_chunk` units. With several threads there are at least about 4 chunks per
+// thread (so that small layers, 14x14 or 7x7, are not 3 chunks over 2 threads), as
+// many in all as a multiple of the threads where the units allow it (at::parallel_for
+// gives each thread a contiguous, equal count of items, so 11 chunks over 2 threads
+// would be 6 : 5), of equal cost: equal unit counts (+- 1), or, given each unit's
+// cost (a tile's taps), equal sums. When that still leaves fewer than 4 items per
+// thread (4x4 at batch 1 is 3 panels) the `nblocks` 64-column blocks are split across
+// items too. Each item builds its own panels or row pointers; no output depends on
+// the split.
 struct WorkSplit {
-  int64_t units, chunk, nchunks, nblocks, nsplit, blocks_per_item;
+  int64_t units, nchunks, nblocks, nsplit, blocks_per_item;
+  int64_t chunk;                 // the most units of a chunk
+  std::vector<int64_t> bounds;   // chunk c: units [bounds[c], bounds[c + 1])
 
   int64_t items(int64_t segs) const {
     return segs * nchunks * nsplit;
@@ -1182,21 +1188,48 @@ struct WorkSplit {
   };
   Item item(int64_t i) const {
     const int64_t ci = i / nsplit % nchunks, si = i % nsplit;
-    return {i / (nchunks * nsplit), ci * chunk, std::min(units, (ci + 1) * chunk), si * blocks_per_item,
+    return {i / (nchunks * nsplit), bounds[ci], bounds[ci + 1], si * blocks_per_item,
             std::min(nblocks, (si + 1) * blocks_per_item)};
   }
 };
 
-WorkSplit split_work(int64_t segs, int64_t units, int64_t max_chunk, int64_t nblocks) {
+WorkSplit split_work(int64_t segs, int64_t units, int64_t max_chunk, int64_t nblocks,
+                     const int32_t* cost = nullptr) {
   WorkSplit w{};
   w.units = units;
   w.nblocks = nblocks;
-  w.chunk = std::max<int64_t>(1, max_chunk);
   const int64_t nthreads = at::get_num_threads();
-  if (nthreads > 1) {
-    w.chunk = std::max<int64_t>(1, std::min(w.chunk, ceil_div(segs * units, 4 * nthreads)));
+  w.nchunks = std::max<int64_t>(1, ceil_div(units, std::max<int64_t>(1, max_chunk)));
+  if (nthreads > 1 && units > 0) {
+    w.nchunks = std::max(w.nchunks, std::min(units, ceil_div(4 * nthreads, segs)));
+    while ((segs * w.nchunks) % nthreads != 0 && w.nchunks < units) {
+      ++w.nchunks;
+    }
   }
-  w.nchunks = ceil_div(units, w.chunk);
+  w.bounds.assign(static_cast<size_t>(w.nchunks + 1), units);
+  w.bounds[0] = 0;
+  if (cost == nullptr) {
+    for (int64_t c = 1; c < w.nchunks; ++c) {
+      w.bounds[c] = c * units / w.nchunks;
+    }
+  } else {
+    int64_t total = 0;
+    for (int64_t u = 0; u < units; ++u) {
+      total += cost[u];
+    }
+    // chunk c ends at the first unit whose running cost reaches (c + 1) / nchunks of the total
+    int64_t run = 0, c = 1;
+    for (int64_t u = 0; u < units && c < w.nchunks; ++u) {
+      run += cost[u];
+      while (c < w.nchunks && run * w.nchunks >= c * total) {
+        w.bounds[c++] = u + 1;
+      }
+    }
+  }
+  w.chunk = 0;
+  for (int64_t c = 0; c < w.nchunks; ++c) {
+    w.chunk = std::max(w.chunk, w.bounds[c + 1] - w.bounds[c]);
+  }
   w.nsplit = 1;
   if (nthreads > 1 && segs * w.nchunks < 4 * nthreads) {
     w.nsplit = std::min(nblocks, ceil_div(4 * nthreads, segs * w.nchunks));
@@ -1448,7 +1481,12 @@ bool conv_gemm_classed(const uint8_t* xq, const Geometry& G, const ConvPackedVie
     }
   }
   // Work items: chunks of tiles x ranges of 64-column blocks (one segment: the batch).
-  const WorkSplit ws = split_work(1, static_cast<int64_t>(tiles.size()), 16, ceil_div(w.panels, gemm::kMaxPanels));
+  std::vector<int32_t> tile_cost(tiles.size());
+  for (size_t ti = 0; ti < tiles.size(); ++ti) {
+    tile_cost[ti] = static_cast<int32_t>(ctaps[tiles[ti].first].size());
+  }
+  const WorkSplit ws = split_work(1, static_cast<int64_t>(tiles.size()), 16, ceil_div(w.panels, gemm::kMaxPanels),
+                                  tile_cost.data());
   const int64_t sample_bytes = G.h * G.w * G.c;
   const uint8_t* const xq_end = xq + G.n * sample_bytes;
   const int64_t ptrs_per_tile = taps * gemm::kRows;
