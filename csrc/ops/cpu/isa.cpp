@@ -63,7 +63,9 @@ std::vector<Isa> supported_isas() {
 }
 
 Isa detected_isa() {
-  return supported_isas().front();
+  // (once: active_isa() runs on every op call, and supported_isas() allocates)
+  static const Isa best = supported_isas().front();
+  return best;
 }
 
 const char* isa_name(Isa isa) {
