@@ -1771,6 +1771,45 @@ void conv_depthwise(const uint8_t* xq, const Geometry& G, const ConvPackedView& 
   });
 }
 
+#if defined(Q8_EPI_MULTIVERSION)
+// Three planes of cnt bytes (R, G, B) to cnt interleaved 3-byte pixels: per 16
+// pixels, each of the 3 output vectors is the OR of one pshufb of each plane.
+__attribute__((target("ssse3"), noinline)) void interleave3_ssse3(const uint8_t* a, const uint8_t* b,
+                                                                  const uint8_t* c, uint8_t* dst, int64_t cnt) {
+  struct Masks {
+    alignas(16) int8_t m[3][3][16];  // [output vector][plane][byte]
+    Masks() {
+      for (int o = 0; o < 3; ++o) {
+        for (int k = 0; k < 16; ++k) {
+          const int g = 16 * o + k;
+          for (int ch = 0; ch < 3; ++ch) {
+            m[o][ch][k] = static_cast<int8_t>(g % 3 == ch ? g / 3 : -128);
+          }
+        }
+      }
+    }
+  };
+  static const Masks M;
+  const auto mask = [](int o, int ch) { return _mm_load_si128(reinterpret_cast<const __m128i*>(M.m[o][ch])); };
+  int64_t p = 0;
+  for (; p + 16 <= cnt; p += 16) {
+    const __m128i va = _mm_loadu_si128(reinterpret_cast<const __m128i*>(a + p));
+    const __m128i vb = _mm_loadu_si128(reinterpret_cast<const __m128i*>(b + p));
+    const __m128i vc = _mm_loadu_si128(reinterpret_cast<const __m128i*>(c + p));
+    for (int o = 0; o < 3; ++o) {
+      const __m128i v = _mm_or_si128(_mm_or_si128(_mm_shuffle_epi8(va, mask(o, 0)), _mm_shuffle_epi8(vb, mask(o, 1))),
+                                     _mm_shuffle_epi8(vc, mask(o, 2)));
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(dst + 3 * p + 16 * o), v);
+    }
+  }
+  for (; p < cnt; ++p) {
+    dst[3 * p] = a[p];
+    dst[3 * p + 1] = b[p];
+    dst[3 * p + 2] = c[p];
+  }
+}
+#endif
+
 // The value of a one-element scale / zero point (CPU tensors: read on the host).
 float scale_value(const char* op, const at::Tensor& t, const char* name) {
   const float v = t.item<float>();
@@ -1893,6 +1932,11 @@ at::Tensor conv2d_cpu(const at::Tensor& input, const at::Tensor& packed, const a
       // buffer, then interleaved into NHWC (C == 1: straight into the output).
       constexpr int64_t kPix = 256;
       const int64_t blocks = ceil_div(hw, kPix);
+#if defined(Q8_EPI_MULTIVERSION)
+      const bool ssse3 = active_isa() != Isa::DEFAULT;  // (every AVX2 / AVX-512 CPU has SSSE3)
+#else
+      constexpr bool ssse3 = false;
+#endif
       const int64_t grain = std::max<int64_t>(1, (1 << 15) / std::max<int64_t>(G.c * kPix, 1));
       at::parallel_for(0, G.n * blocks, grain, [&](int64_t begin, int64_t end) {
         std::vector<uint8_t> tmp(static_cast<size_t>(G.c == 1 ? 0 : G.c * kPix));
@@ -1911,7 +1955,11 @@ at::Tensor conv2d_cpu(const at::Tensor& input, const at::Tensor& packed, const a
               nf |= quantize_span(src + c * hw, tmp.data() + c * kPix, cnt, inv, z);
             }
             const uint8_t* t = tmp.data();
-            if (G.c == 3) {  // the RGB stem
+            if (G.c == 3 && ssse3) {  // the RGB stem
+#if defined(Q8_EPI_MULTIVERSION)
+              interleave3_ssse3(t, t + kPix, t + 2 * kPix, dst, cnt);
+#endif
+            } else if (G.c == 3) {
               for (int64_t p = 0; p < cnt; ++p) {
                 dst[3 * p] = t[p];
                 dst[3 * p + 1] = t[kPix + p];
