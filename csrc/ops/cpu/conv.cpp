@@ -1353,9 +1353,34 @@ void build_row_ptrs(const uint8_t* xq, const Geometry& G, int64_t g, const uint8
   const uint8_t* x = xq + (m0 / pixels) * sample_bytes;
   int64_t oy = p0 / G.ow, ox = p0 % G.ow;
   const auto in_bounds = [&](const uint8_t* q) { return tail_safe(q, G, end, tail); };
+  const int64_t pix_step = G.sw * G.c;
   for (int64_t i0 = 0; i0 < rows; i0 += R) {
     const uint8_t** pp = ptrs + (i0 / R) * taps * R;
     const int nr = static_cast<int>(std::min<int64_t>(R, rows - i0));
+    // The common case first: 6 rows in one output row, every tap inside.
+    if (nr == R && ox + (R - 1) < G.ow) {
+      const int64_t iy = oy * G.sh - G.ph, ix = ox * G.sw - G.pw;
+      const uint8_t* b0 = x + (iy * G.w + ix) * G.c + g * G.cg;
+      if (iy >= 0 && iy + span_h < G.h && ix >= 0 && ix + (R - 1) * G.sw + span_w < G.w &&
+          (G.cg4 == G.cg || b0 + (R - 1) * pix_step + tap_off[taps - 1] + G.cg4 <= end)) {
+        for (int64_t t = 0; t < taps; ++t) {
+          const uint8_t* q = b0 + tap_off[t];
+#pragma GCC unroll 6
+          for (int r = 0; r < R; ++r) {
+            pp[t * R + r] = q + r * pix_step;
+          }
+        }
+        ox += R;
+        if (ox == G.ow) {
+          ox = 0;
+          if (++oy == G.oh) {
+            oy = 0;
+            x += sample_bytes;
+          }
+        }
+        continue;
+      }
+    }
     // Per row: its base (tap 0's pixel), whether every tap is inside, and where.
     const uint8_t* base[R];
     bool inside[R];
