@@ -218,6 +218,48 @@ def test_conv2d_small_images_exact_on_every_isa(shape):
                 assert_bits(out1, expected1)
 
 
+# Depthwise 3x3 with uint8 output: the fused AVX-512 VNNI kernel (conv_depthwise_vnni) where it applies, the
+# vpmaddwd kernels and the separate epilogue elsewhere. Channel groups of 64 with and without a tail, strides 1
+# and 2, padding 0 / 1 / wider than the kernel's reach, odd sizes, several samples.
+SHAPES_DW = [
+    (2, 80, 9, 11, 80, (3, 3), (1, 1), (1, 1), (1, 1), 80),      # one group of 64 + a 16-channel tail
+    (1, 144, 8, 7, 144, (3, 3), (2, 2), (1, 1), (1, 1), 144),    # stride 2, odd width
+    (3, 9, 5, 6, 9, (3, 3), (1, 1), (0, 0), (1, 1), 9),          # no padding, fewer than 64 channels
+    (2, 128, 3, 3, 128, (3, 3), (1, 1), (2, 2), (1, 1), 128),    # padding wider than the kernel's reach
+    (1, 64, 6, 5, 64, (3, 3), (2, 2), (0, 1), (1, 1), 64),       # stride 2, asymmetric padding
+]
+
+
+@pytest.mark.parametrize("shape", SHAPES_DW)
+def test_conv2d_depthwise_uint8_output_exact_on_every_isa(shape):
+    n = shape[0]
+    st = dict(activation="static", input_scale=torch.tensor(0.029), input_zero_point=torch.tensor(97))
+    variants = [
+        dict(**st, clamp_min=0.0, output_scale=torch.tensor(0.04), output_zero_point=torch.tensor(0)),  # ReLU
+        dict(**st, clamp_min=0.0, clamp_max=0.3, output_scale=torch.tensor(0.003),
+             output_zero_point=torch.tensor(2)),  # ReLU6-like, both clamps inside the uint8 range
+        dict(**st, output_scale=torch.tensor(0.02), output_zero_point=torch.tensor(128)),
+        dict(activation="dynamic", output_scale=torch.tensor(0.05), output_zero_point=torch.tensor(7)),
+    ]
+    for isa in each_isa():
+        for v in variants:
+            for bias in (True, False):
+                _, _, _, _, out, expected = run_case(shape, bias=bias, **v)
+                assert out.dtype == torch.uint8
+                assert_bits(out, expected)
+    # a sample with NaN takes the other kernels; the other samples keep their codes
+    if n > 1:
+        v = variants[3]
+        x, w8, ws, b, out, _ = run_case(shape, **v)
+        x = x.clone()
+        x[0, 0, 0, 0] = float("nan")
+        k, s, p, d, g = shape[5:]
+        packed = qops.pack_conv_weight(w8, g)
+        got = qops.conv2d(x, packed, ws, b, k, s, p, d, g, **v)
+        assert_bits(got, ref.conv2d(x, w8, ws, b, s, p, d, g, **v))
+        assert_bits(got[1:], out[1:])
+
+
 def test_conv2d_uint8_input_matches_float_input_quantized_the_same_way():
     shape = (2, 8, 9, 7, 16, (3, 3), (1, 1), (1, 1), (1, 1), 1)
     n, c, h, w, oc, k, s, p, d, g = shape

@@ -1760,7 +1760,233 @@ void conv_gemm(const uint8_t* xq, const Geometry& G, const ConvPackedView& wv, c
   });
 }
 
+#if defined(Q8_EPI_MULTIVERSION)
+// (GCC 12 warns of an uninitialized operand inside its own masked intrinsics.)
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#pragma GCC diagnostic ignored "-Wuninitialized"
+// Depthwise 3x3 (dilation 1, stride 1 or 2) on AVX-512 VNNI with the epilogue fused,
+// for uint8 output (fast_requant, no residual, no NaN sample). Per 64 channels, an
+// input column (3 rows) is byte-interleaved into quads (x0, x1, x2, 0) per channel
+// (vpunpck{l,h}bw then vpunpck{l,h}wd: 8 shuffles), and each output takes 3 vpdpbusd
+// per 16 channels, one per kernel column, against the weights interleaved the same
+// way (w0j, w1j, w2j, 0): the same exact integer sums as the vpmaddwd kernels. The
+// column is shared by the outputs whose windows contain it (stride 1: 3, stride 2:
+// 2 for the even ones). The unpacks leave vector k's lane L holding channels
+// 16 L + 4 k .. 16 L + 4 k + 3; the epilogue's column terms are laid out in that
+// order (DwVnniTerms), and vpackssdw (k = 0, 1 and 2, 3) then vpackuswb put every
+// lane's 16 codes back in channel order: one 64-byte store per output, no permute.
+// The interleaved quads (x0, x1, x2, 0) of input column ix of 3 rows (rows[i], or the
+// pad row where the row or the column is outside), channels [c0, c0 + 64) under m.
+__attribute__((target(Q8_AVX512_TARGET), always_inline)) inline void dw_column_vnni(
+    const uint8_t* const* rows, const bool* yok, int64_t ix, int64_t w, int64_t C, int64_t c0, __mmask64 m,
+    const uint8_t* padrow, __m512i* q) {
+  __m512i xr[3];
+  for (int i = 0; i < 3; ++i) {
+    const uint8_t* src = (yok[i] && ix >= 0 && ix < w) ? rows[i] + ix * C + c0 : padrow;
+    xr[i] = _mm512_maskz_loadu_epi8(m, src);
+  }
+  const __m512i zero = _mm512_setzero_si512();
+  const __m512i a = _mm512_unpacklo_epi8(xr[0], xr[1]), b = _mm512_unpackhi_epi8(xr[0], xr[1]);
+  const __m512i cz = _mm512_unpacklo_epi8(xr[2], zero), dz = _mm512_unpackhi_epi8(xr[2], zero);
+  q[0] = _mm512_unpacklo_epi16(a, cz);
+  q[1] = _mm512_unpackhi_epi16(a, cz);
+  q[2] = _mm512_unpacklo_epi16(b, dz);
+  q[3] = _mm512_unpackhi_epi16(b, dz);
+}
+
+template <int S, bool LO>
+__attribute__((target(Q8_AVX512_TARGET ",avx512vnni"), noinline)) void dw3x3_vnni_row(
+    const Avx512Epi& c, const uint8_t* x, const Geometry& G, const uint8_t* padrow, int64_t n, int64_t oh,
+    int64_t groups64, const int8_t* wq, const int32_t* nz, const float* sv, const float* bv) {
+  const Epilogue& e = *c.e;
+  const int64_t C = G.c;
+  const uint8_t* rows[3];
+  bool yok[3];
+  for (int i = 0; i < 3; ++i) {
+    const int64_t iy = oh * G.sh - G.ph + i;
+    yok[i] = iy >= 0 && iy < G.h;
+    rows[i] = yok[i] ? x + iy * G.w * C : nullptr;
+  }
+  const __m512i zp16 = _mm512_set1_epi16(static_cast<int16_t>(e.out_zp));
+  uint8_t* out = e.out_u8 + (n * e.pixels + oh * G.ow) * e.oc;
+  for (int64_t gi = 0; gi < groups64; ++gi) {
+    const int64_t c0 = 64 * gi;
+    const int64_t left = C - c0;
+    const __mmask64 m = left >= 64 ? ~__mmask64{0} : ((__mmask64{1} << left) - 1);
+    const int8_t* wg = wq + gi * 12 * 64;
+    const int32_t* nzg = nz + gi * 64;
+    const float* sg = sv + gi * 64;
+    const float* bg = bv + gi * 64;
+    __m512i col[3][4];
+    int64_t ix0 = -G.pw;
+    dw_column_vnni(rows, yok, ix0, G.w, C, c0, m, padrow, col[0]);
+    if (S == 1) {
+      dw_column_vnni(rows, yok, ix0 + 1, G.w, C, c0, m, padrow, col[1]);
+    }
+    for (int64_t ow = 0; ow < G.ow; ++ow, ix0 += S) {
+      if (S == 2) {
+        dw_column_vnni(rows, yok, ix0 + 1, G.w, C, c0, m, padrow, col[1]);
+      }
+      dw_column_vnni(rows, yok, ix0 + 2, G.w, C, c0, m, padrow, col[2]);
+      __m512i code[4];
+#pragma GCC unroll 4
+      for (int k = 0; k < 4; ++k) {
+        __m512i acc = _mm512_load_si512(nzg + 16 * k);
+        for (int j = 0; j < 3; ++j) {
+          const __m512i w = _mm512_load_si512(wg + (j * 4 + k) * 64);
+          asm("vpdpbusd %2, %1, %0" : "+v"(acc) : "v"(col[j][k]), "v"(w));
+        }
+        const __m512 y = _mm512_add_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(acc), _mm512_load_ps(sg + 16 * k)),
+                                       _mm512_load_ps(bg + 16 * k));
+        code[k] = avx512_fast_code(c, y, LO);
+      }
+      const __m512i w01 = _mm512_adds_epi16(_mm512_packs_epi32(code[0], code[1]), zp16);
+      const __m512i w23 = _mm512_adds_epi16(_mm512_packs_epi32(code[2], code[3]), zp16);
+      _mm512_mask_storeu_epi8(out + ow * e.oc + c0, m, _mm512_packus_epi16(w01, w23));
+      for (int k = 0; k < 4; ++k) {
+        if (S == 1) {
+          col[0][k] = col[1][k];
+          col[1][k] = col[2][k];
+        } else {
+          col[0][k] = col[2][k];
+        }
+      }
+    }
+  }
+}
+
+// The 4 x 4 transpose of 128-bit blocks: out[k] block L = in[L] block k. (From the
+// channel order to the lanes' order of dw_column_vnni, and back.)
+__attribute__((target(Q8_AVX512_TARGET), always_inline)) inline void transpose_blocks4(const __m512i* in,
+                                                                                      __m512i* out) {
+  const __m512i t0 = _mm512_shuffle_i64x2(in[0], in[1], 0x44), t1 = _mm512_shuffle_i64x2(in[0], in[1], 0xEE);
+  const __m512i t2 = _mm512_shuffle_i64x2(in[2], in[3], 0x44), t3 = _mm512_shuffle_i64x2(in[2], in[3], 0xEE);
+  out[0] = _mm512_shuffle_i64x2(t0, t2, 0x88);
+  out[1] = _mm512_shuffle_i64x2(t0, t2, 0xDD);
+  out[2] = _mm512_shuffle_i64x2(t1, t3, 0x88);
+  out[3] = _mm512_shuffle_i64x2(t1, t3, 0xDD);
+}
+
+// The column terms of sample n in the lanes' order (per group of 64 channels, 4
+// vectors each): nz = -z * wsum (wrapping), sv = sx * sw, bv = the bias or 0; 0 past C.
+__attribute__((target(Q8_AVX512_TARGET), noinline)) void dw_vnni_terms(const Epilogue& e, int64_t n,
+                                                                      const int32_t* wsum, int64_t C,
+                                                                      int64_t groups64, int32_t* nz, float* sv,
+                                                                      float* bv) {
+  const __m512i zv = _mm512_set1_epi32(e.zx[n]);
+  const __m512 sxv = _mm512_set1_ps(e.sx[n]);
+  for (int64_t gi = 0; gi < groups64; ++gi) {
+    __m512i a[4], b[4], d[4], t[4];
+    for (int L = 0; L < 4; ++L) {
+      const int64_t c0 = 64 * gi + 16 * L;
+      const __mmask16 k = tail_mask(static_cast<int>(std::max<int64_t>(0, std::min<int64_t>(16, C - c0))));
+      a[L] = _mm512_sub_epi32(_mm512_setzero_si512(), _mm512_mullo_epi32(zv, _mm512_maskz_loadu_epi32(k, wsum + c0)));
+      b[L] = _mm512_castps_si512(_mm512_mul_ps(sxv, _mm512_maskz_loadu_ps(k, e.sw + c0)));
+      d[L] = e.bias != nullptr ? _mm512_castps_si512(_mm512_maskz_loadu_ps(k, e.bias + c0)) : _mm512_setzero_si512();
+    }
+    transpose_blocks4(a, t);
+    for (int q = 0; q < 4; ++q) {
+      _mm512_store_si512(nz + gi * 64 + 16 * q, t[q]);
+    }
+    transpose_blocks4(b, t);
+    for (int q = 0; q < 4; ++q) {
+      _mm512_store_si512(sv + gi * 64 + 16 * q, t[q]);
+    }
+    transpose_blocks4(d, t);
+    for (int q = 0; q < 4; ++q) {
+      _mm512_store_si512(bv + gi * 64 + 16 * q, t[q]);
+    }
+  }
+}
+
+// The weights of conv_depthwise_vnni: per group of 64 channels, [3 kernel columns j]
+// [4 vectors] of 64 bytes, (w0j, w1j, w2j, 0) per channel, in the lanes' order
+// (interleaved as dw_column_vnni interleaves the input; w is zero past C).
+__attribute__((target(Q8_AVX512_TARGET), noinline)) void dw_vnni_weights(const int8_t* w, int64_t ldw,
+                                                                        int64_t groups64, int8_t* wq) {
+  const __m512i zero = _mm512_setzero_si512();
+  for (int64_t gi = 0; gi < groups64; ++gi) {
+    for (int j = 0; j < 3; ++j) {
+      const int8_t* wj = w + j * ldw + 64 * gi;
+      const __m512i r0 = _mm512_loadu_si512(wj), r1 = _mm512_loadu_si512(wj + 3 * ldw),
+                    r2 = _mm512_loadu_si512(wj + 6 * ldw);
+      const __m512i a = _mm512_unpacklo_epi8(r0, r1), b = _mm512_unpackhi_epi8(r0, r1);
+      const __m512i cz = _mm512_unpacklo_epi8(r2, zero), dz = _mm512_unpackhi_epi8(r2, zero);
+      int8_t* q = wq + (gi * 12 + j * 4) * 64;
+      _mm512_store_si512(q, _mm512_unpacklo_epi16(a, cz));
+      _mm512_store_si512(q + 64, _mm512_unpackhi_epi16(a, cz));
+      _mm512_store_si512(q + 128, _mm512_unpacklo_epi16(b, dz));
+      _mm512_store_si512(q + 192, _mm512_unpackhi_epi16(b, dz));
+    }
+  }
+}
+
+// Items [begin, end) (sample, output row) of conv_depthwise_vnni. Per sample (its
+// qparams): the pad row (the zero point) and the column terms in the lanes' channel
+// order: -z * wsum, sx * sw, the bias (0 without one).
+__attribute__((target(Q8_AVX512_TARGET ",avx512vnni"), noinline)) void dw3x3_vnni_items(
+    const uint8_t* xq, const Geometry& G, const int32_t* wsum, const Epilogue& e, const int8_t* wq, int64_t groups64,
+    int64_t begin, int64_t end) {
+  const int64_t C = G.c;
+  std::vector<uint8_t> padrow(static_cast<size_t>(round_up(C, 64)));
+  const std::unique_ptr<int32_t[]> buf(new int32_t[static_cast<size_t>(3 * groups64 * 64 + 16)]);
+  int32_t* nz = reinterpret_cast<int32_t*>((reinterpret_cast<uintptr_t>(buf.get()) + 63) & ~uintptr_t{63});
+  float* sv = reinterpret_cast<float*>(nz + groups64 * 64);
+  float* bv = sv + groups64 * 64;
+  const bool lo = e.q_lo != -static_cast<float>(e.out_zp);
+  int64_t last_n = -1;
+  for (int64_t item = begin; item < end; ++item) {
+    const int64_t n = item / G.oh, oh = item % G.oh;
+    if (n != last_n) {
+      last_n = n;
+      std::fill(padrow.begin(), padrow.end(), static_cast<uint8_t>(e.zx[n]));
+      dw_vnni_terms(e, n, wsum, C, groups64, nz, sv, bv);
+    }
+    const Avx512Epi c = make_avx512_epi(e, n);
+    const uint8_t* x = xq + n * G.h * G.w * C;
+    if (G.sw == 1) {
+      (lo ? &dw3x3_vnni_row<1, true> : &dw3x3_vnni_row<1, false>)(c, x, G, padrow.data(), n, oh, groups64, wq, nz,
+                                                                   sv, bv);
+    } else {
+      (lo ? &dw3x3_vnni_row<2, true> : &dw3x3_vnni_row<2, false>)(c, x, G, padrow.data(), n, oh, groups64, wq, nz,
+                                                                   sv, bv);
+    }
+  }
+}
+
+// conv_depthwise's fused AVX-512 VNNI path (dw3x3_vnni_row); false where it does not apply.
+bool conv_depthwise_vnni(const uint8_t* xq, const Geometry& G, const ConvPackedView& wv, const Epilogue& epi) {
+  if (active_isa() != Isa::AVX512_VNNI || !epi.fast_requant || epi.res_u8 != nullptr || G.kh != 3 || G.kw != 3 ||
+      G.dh != 1 || G.dw != 1 || G.sh != G.sw || (G.sw != 1 && G.sw != 2) || G.c != G.oc) {
+    return false;
+  }
+  for (int64_t n = 0; n < G.n; ++n) {
+    if (epi.bad[n]) {
+      return false;
+    }
+  }
+  const int64_t C = G.c, ldw = wv.s.block_bytes;
+  const int64_t groups64 = ceil_div(C, 64);
+  // The weights in the lanes' channel order, per group of 64: [3 kernel columns][4 vectors] of
+  // 64 bytes, (w0j, w1j, w2j, 0) per channel.
+  const auto wq_buf = std::unique_ptr<int8_t[]>(new int8_t[static_cast<size_t>(groups64 * 12 * 64 + 64)]);
+  int8_t* wq = reinterpret_cast<int8_t*>((reinterpret_cast<uintptr_t>(wq_buf.get()) + 63) & ~uintptr_t{63});
+  dw_vnni_weights(wv.dw_weights, ldw, groups64, wq);
+  at::parallel_for(0, G.n * G.oh, 1, [&](int64_t begin, int64_t end) {
+    dw3x3_vnni_items(xq, G, wv.dw_sums, epi, wq, groups64, begin, end);
+  });
+  return true;
+}
+#pragma GCC diagnostic pop
+#endif
+
 void conv_depthwise(const uint8_t* xq, const Geometry& G, const ConvPackedView& wv, const Epilogue& epi) {
+#if defined(Q8_EPI_MULTIVERSION)
+  if (conv_depthwise_vnni(xq, G, wv, epi)) {
+    return;
+  }
+#endif
   const auto& kern = depthwise_kernels();
   conv::DepthwiseGeometry dg{};
   dg.H = G.h;
