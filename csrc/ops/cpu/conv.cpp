@@ -1269,19 +1269,13 @@ struct WorkSplit {
   }
 };
 
-WorkSplit split_work(int64_t segs, int64_t units, int64_t max_chunk, int64_t nblocks,
-                     const int32_t* cost = nullptr) {
+// The split of `units` into nchunks chunks (equal counts, or equal sums of cost) and
+// of the column blocks into about nsplit ranges.
+WorkSplit make_split(int64_t units, int64_t nchunks, int64_t nsplit, int64_t nblocks, const int32_t* cost) {
   WorkSplit w{};
   w.units = units;
   w.nblocks = nblocks;
-  const int64_t nthreads = at::get_num_threads();
-  w.nchunks = std::max<int64_t>(1, ceil_div(units, std::max<int64_t>(1, max_chunk)));
-  if (nthreads > 1 && units > 0) {
-    w.nchunks = std::max(w.nchunks, std::min(units, ceil_div(4 * nthreads, segs)));
-    while ((segs * w.nchunks) % nthreads != 0 && w.nchunks < units) {
-      ++w.nchunks;
-    }
-  }
+  w.nchunks = nchunks;
   w.bounds.assign(static_cast<size_t>(w.nchunks + 1), units);
   w.bounds[0] = 0;
   if (cost == nullptr) {
@@ -1306,12 +1300,53 @@ WorkSplit split_work(int64_t segs, int64_t units, int64_t max_chunk, int64_t nbl
   for (int64_t c = 0; c < w.nchunks; ++c) {
     w.chunk = std::max(w.chunk, w.bounds[c + 1] - w.bounds[c]);
   }
-  w.nsplit = 1;
-  if (nthreads > 1 && segs * w.nchunks < 4 * nthreads) {
-    w.nsplit = std::min(nblocks, ceil_div(4 * nthreads, segs * w.nchunks));
-  }
-  w.blocks_per_item = ceil_div(nblocks, w.nsplit);
+  w.blocks_per_item = ceil_div(nblocks, std::max<int64_t>(1, nsplit));
   w.nsplit = ceil_div(nblocks, w.blocks_per_item);
+  return w;
+}
+
+// The most units x column blocks that one of nthreads threads gets from
+// at::parallel_for(0, items, 1) (contiguous ranges of ceil(items / nthreads) items),
+// units of equal cost.
+int64_t max_thread_load(const WorkSplit& w, int64_t segs, int64_t nthreads) {
+  const int64_t items = w.items(segs), per = ceil_div(items, nthreads);
+  int64_t worst = 0, load = 0;
+  for (int64_t i = 0; i < items; ++i) {
+    const WorkSplit::Item it = w.item(i);
+    load += (it.u1 - it.u0) * (it.jb1 - it.jb0);
+    if ((i + 1) % per == 0 || i + 1 == items) {
+      worst = std::max(worst, load);
+      load = 0;
+    }
+  }
+  return worst;
+}
+
+WorkSplit split_work(int64_t segs, int64_t units, int64_t max_chunk, int64_t nblocks,
+                     const int32_t* cost = nullptr) {
+  const int64_t nthreads = at::get_num_threads();
+  int64_t nchunks = std::max<int64_t>(1, ceil_div(units, std::max<int64_t>(1, max_chunk)));
+  if (nthreads > 1 && units > 0) {
+    nchunks = std::max(nchunks, std::min(units, ceil_div(4 * nthreads, segs)));
+    while ((segs * nchunks) % nthreads != 0 && nchunks < units) {
+      ++nchunks;
+    }
+  }
+  int64_t nsplit = 1;
+  if (nthreads > 1 && segs * nchunks < 4 * nthreads) {
+    nsplit = std::min(nblocks, ceil_div(4 * nthreads, segs * nchunks));
+  }
+  WorkSplit w = make_split(units, nchunks, nsplit, nblocks, cost);
+  // Few units of equal cost (1x1 512 -> 512 at 7x7, batch 1: 9 panels x 8 column
+  // blocks) cut into chunks leave one thread a panel more (5 : 4); when the column
+  // blocks divide among the threads, one chunk per segment and the blocks split
+  // nthreads ways gives every thread the same work.
+  if (cost == nullptr && nthreads > 1 && nblocks % nthreads == 0 && units <= 4 * std::max<int64_t>(1, max_chunk)) {
+    WorkSplit even = make_split(units, 1, nthreads, nblocks, nullptr);
+    if (max_thread_load(even, segs, nthreads) < max_thread_load(w, segs, nthreads)) {
+      w = std::move(even);
+    }
+  }
   return w;
 }
 
