@@ -109,6 +109,48 @@ TEST(Conv2d, StaticMatchesScalarReferenceOnEveryIsa) {
   }
 }
 
+// Uint8 output of depthwise 3x3 layers (AVX-512 VNNI: the fused kernel, with masked
+// loads and stores of the last channel group): the codes of the reference's y,
+// clamp(nearbyint(clamp(y * (1 / so), -512, 512)) + zo, 0, 255), on every ISA.
+TEST(Conv2d, DepthwiseUint8OutputMatchesScalarReferenceOnEveryIsa) {
+  IsaGuard guard;
+  const std::vector<Case> cases = {
+      {2, 80, 6, 7, 80, 3, 3, 1, 1, 1, 1, 1, 1, 80},    // 64 channels + a 16-channel tail
+      {1, 9, 5, 5, 9, 3, 3, 2, 2, 1, 1, 1, 1, 9},       // fewer than 64 channels, stride 2
+      {1, 144, 3, 4, 144, 3, 3, 1, 1, 2, 2, 1, 1, 144}, // padding wider than the kernel's reach
+      {1, 64, 7, 5, 64, 3, 3, 2, 2, 0, 1, 1, 1, 64},    // stride 2, no top padding
+  };
+  torch::manual_seed(4);
+  for (const auto& k : cases) {
+    const auto w8 = torch::randint(-127, 128, {k.oc, 1, k.kh, k.kw}, torch::kChar);
+    const auto ws = torch::rand({k.oc}) * 0.01 + 0.001;
+    const auto bias = torch::randn({k.oc});
+    const auto x = torch::randn({k.n, k.c, k.h, k.w}).contiguous(at::MemoryFormat::ChannelsLast);
+    const float s = 0.021f, so = 0.013f;
+    const int32_t z = 111, zo = 3;
+    const int64_t oh = (k.h + 2 * k.ph - k.dh * (k.kh - 1) - 1) / k.sh + 1;
+    const int64_t ow = (k.w + 2 * k.pw - k.dw * (k.kw - 1) - 1) / k.sw + 1;
+    const auto y = ref_conv(k, as_floats(x.contiguous()), as_int64s(w8), as_floats(ws), as_floats(bias), s, z, oh,
+                            ow);
+    std::vector<int64_t> want(y.size());
+    const float inv = 1.0f / so;
+    for (size_t i = 0; i < y.size(); ++i) {
+      const float v = std::fmin(std::fmax(y[i] * inv, -512.f), 512.f);
+      want[i] = std::min<int64_t>(255, std::max<int64_t>(0, static_cast<int64_t>(std::nearbyint(v)) + zo));
+    }
+    const auto packed = q8::pack_conv_weight(w8, k.groups);
+    for (const auto& isa : supported_isas()) {
+      q8::set_cpu_isa(isa.c_str());
+      const auto out = q8::conv2d(x, packed, ws, bias, {k.kh, k.kw}, {k.sh, k.sw}, {k.ph, k.pw}, {k.dh, k.dw},
+                                  k.groups, "static", torch::tensor(s), torch::tensor(z), std::nullopt, std::nullopt,
+                                  std::nullopt, 0.0, std::nullopt, torch::tensor(so), torch::tensor(zo));
+      ASSERT_EQ(out.scalar_type(), at::kByte);
+      ASSERT_EQ(out.sizes(), at::IntArrayRef({k.n, k.oc, oh, ow}));
+      EXPECT_EQ(as_int64s(out.contiguous()), want) << isa << " C=" << k.c;
+    }
+  }
+}
+
 TEST(Conv2d, DynamicNanSampleGivesNan) {
   const auto w8 = torch::randint(-127, 128, {4, 3, 3, 3}, torch::kChar);
   const auto ws = torch::full({4}, 0.01f);
