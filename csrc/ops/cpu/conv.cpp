@@ -70,6 +70,12 @@ int64_t ceil_div(int64_t a, int64_t b) {
   return (a + b - 1) / b;
 }
 
+// p rounded up to the next multiple of 64 bytes (buffers allocated 63 bytes larger).
+template <typename T>
+T* align64(T* p) {
+  return reinterpret_cast<T*>((reinterpret_cast<uintptr_t>(p) + 63) & ~uintptr_t{63});
+}
+
 void check_cpu(const char* op, const at::Tensor& t, const char* name) {
   TORCH_CHECK(t.device().is_cpu(), "q8.", op, ": ", name, " must be a CPU tensor for the CPU kernel, got ", t.device());
 }
@@ -605,18 +611,6 @@ __attribute__((target(Q8_AVX512_TARGET), always_inline)) inline Avx512Epi make_a
   return c;
 }
 
-// One 16-column vector of one output row: d = acc - z * wsum (int32, wrapping), s =
-// sx * sw and bv = bias of the columns (k: the columns present), at: the output index.
-// Per element the IEEE operations of run_body in its order, written with min / max
-// where those are the same selects: maxps(a, b) is a > b ? a : b, so
-//   y < lo ? lo : y  ==  maxps(lo, y)  and  y > hi ? hi : y  ==  minps(hi, y)
-// (NaN and signed zeros included), clamp_pm512(v) == maxps(-512, minps(512, v)), and
-// for |v| <= 512 round_small(v) is vcvtps2dq's round-to-nearest-even (the default
-// MXCSR mode, which round_small also assumes) of v; + zero point and the clamp to
-// [0, 255] are then exact in int32 (vpmaxsd 0, then vpmovusdb saturates at 255), and
-// NaN (vcvtps2dq's 0x80000000) becomes the zero point, as in run_body. With
-// fast_requant (set_fast_requant), the clamps and the requantization are one clamp
-// of y * inv to [q_lo, q_hi].
 // y of one vector, before the clamps: (float(d) * s + bv) + the residual.
 __attribute__((target(Q8_AVX512_TARGET), always_inline)) inline __m512 avx512_epi_y(const Avx512Epi& c, __m512i d,
                                                                                   __m512 s, __m512 bv, int64_t at,
@@ -636,7 +630,8 @@ __attribute__((target(Q8_AVX512_TARGET), always_inline)) inline __m512 avx512_ep
 }
 
 // fast_requant's code less the zero point: round(clamp(y * inv, q_lo, q_hi)); the
-// lower clamp only where lo (fast_lo_free: the packed store's saturation does it).
+// lower clamp only where lo (without it, the packed narrowing's saturation does it:
+// packed_mode).
 __attribute__((target(Q8_AVX512_TARGET), always_inline)) inline __m512i avx512_fast_code(const Avx512Epi& c,
                                                                                         __m512 y, bool lo) {
   __m512 v = _mm512_mul_ps(y, c.inv);
@@ -644,6 +639,31 @@ __attribute__((target(Q8_AVX512_TARGET), always_inline)) inline __m512i avx512_f
     v = _mm512_max_ps(c.qlo, v);
   }
   return _mm512_cvtps_epi32(_mm512_min_ps(c.qhi, v));
+}
+
+// The variant of the packed uint8 narrowing (fast_requant; conv_tile_fused_avx512,
+// epilogue_rows_packed_avx512, the fused depthwise kernel): kFusedLo where the lower
+// clamp q_lo is not exactly the saturation at 0 (q_lo != -zp), kFusedRes with a
+// uint8 residual. The templates take it as MODE = packed_mode(e) + 1 (0: the general
+// epilogue).
+constexpr int kFusedLo = 1, kFusedRes = 2;
+inline int packed_mode(const Epilogue& e) {
+  return (e.q_lo != -static_cast<float>(e.out_zp) ? kFusedLo : 0) | (e.res_u8 != nullptr ? kFusedRes : 0);
+}
+
+// y of one vector on the packed path: (float(d) * s + bv) (the bias always added, 0
+// without one: y + 0 differs from y only for y = -0, whose code is the same), + the
+// uint8 residual's 16 values at res where RES.
+template <bool RES>
+__attribute__((target(Q8_AVX512_TARGET), always_inline)) inline __m512 avx512_packed_y(const Avx512Epi& c, __m512i d,
+                                                                                       __m512 s, __m512 bv,
+                                                                                       const uint8_t* res) {
+  __m512 y = _mm512_add_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(d), s), bv);
+  if constexpr (RES) {
+    const __m512i rv = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(res)));
+    y = _mm512_add_ps(y, _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(rv, c.rzp)), c.rsc));
+  }
+  return y;
 }
 
 // One 16-column vector of one output row: d = acc - z * wsum (int32, wrapping), s =
@@ -715,7 +735,7 @@ template <int MODE>
 __attribute__((target(Q8_AVX512_TARGET), noinline)) void epilogue_rows_packed_avx512(
     const Avx512Epi& c, int64_t row0, int mr, int cnt64, const int32_t* acc, int64_t ldacc, const int32_t* wsum,
     int64_t o0) {
-  constexpr bool kLo = ((MODE - 1) & 1) != 0, kRes = ((MODE - 1) & 2) != 0;
+  constexpr bool kLo = ((MODE - 1) & kFusedLo) != 0, kRes = ((MODE - 1) & kFusedRes) != 0;
   const Epilogue& e = *c.e;
   const __m512i zp16 = _mm512_set1_epi16(static_cast<int16_t>(e.out_zp));
   for (int j = 0; j < cnt64; j += 64) {
@@ -732,13 +752,7 @@ __attribute__((target(Q8_AVX512_TARGET), noinline)) void epilogue_rows_packed_av
 #pragma GCC unroll 4
       for (int q = 0; q < 4; ++q) {
         const __m512i d = _mm512_sub_epi32(_mm512_loadu_si512(acc + r * ldacc + j + 16 * q), zws[q]);
-        __m512 y = _mm512_add_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(d), sv[q]), bv[q]);
-        if constexpr (kRes) {
-          const __m512i rv =
-              _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(e.res_u8 + at + 16 * q)));
-          y = _mm512_add_ps(y, _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(rv, c.rzp)), c.rsc));
-        }
-        code[q] = avx512_fast_code(c, y, kLo);
+        code[q] = avx512_fast_code(c, avx512_packed_y<kRes>(c, d, sv[q], bv[q], e.res_u8 + at + 16 * q), kLo);
       }
       _mm512_storeu_si512(e.out_u8 + at, avx512_pack64(code[0], code[1], code[2], code[3], zp16));
     }
@@ -765,9 +779,8 @@ __attribute__((target(Q8_AVX512_TARGET), noinline)) void epilogue_tile_avx512(co
     using RowsFn = void (*)(const Avx512Epi&, int64_t, int, int, const int32_t*, int64_t, const int32_t*, int64_t);
     static const RowsFn kRows[4] = {&epilogue_rows_packed_avx512<1>, &epilogue_rows_packed_avx512<2>,
                                     &epilogue_rows_packed_avx512<3>, &epilogue_rows_packed_avx512<4>};
-    const int mode = (e.q_lo != -static_cast<float>(e.out_zp) ? 1 : 0) | (e.res_u8 != nullptr ? 2 : 0);
     j0 = cnt / 64 * 64;
-    kRows[mode](c, row0, mr, j0, acc, ldacc, wsum, o0);
+    kRows[packed_mode(e)](c, row0, mr, j0, acc, ldacc, wsum, o0);
   }
   for (int j = j0; j < cnt; j += 16) {
     const __mmask16 k = tail_mask(cnt - j);
@@ -816,10 +829,7 @@ struct FusedTile {
 // an integer; huge negative v convert to INT32_MIN, also below 0), so then the max is
 // left out.
 // MODE 0: any epilogue (avx512_epi_vec per vector). MODE 1 .. 4: the packed narrowing
-// (NP 2 or 4, fast_requant, whole block), with the lower clamp where MODE - 1 has bit
-// 0 (kFusedLo) and a uint8 residual where it has bit 1 (kFusedRes); the bias is always
-// added (0 without one: y + 0 differs from y only for y = -0, whose code is the same).
-constexpr int kFusedLo = 1, kFusedRes = 2;
+// (NP 2 or 4, fast_requant, whole block), variant packed_mode(e) = MODE - 1.
 template <int NP, int MODE>
 __attribute__((target(Q8_AVX512_TARGET ",avx512vnni"), noinline)) void conv_tile_fused_avx512(
     const Epilogue& e, const FusedTile& tile, int64_t cgroups, const int8_t* b, int64_t panel_stride, int64_t n,
@@ -848,8 +858,6 @@ __attribute__((target(Q8_AVX512_TARGET ",avx512vnni"), noinline)) void conv_tile
   constexpr bool kLo = MODE > 0 && ((MODE - 1) & kFusedLo) != 0;
   constexpr bool kRes = MODE > 0 && ((MODE - 1) & kFusedRes) != 0;
   const __m512i zp16 = _mm512_set1_epi16(static_cast<int16_t>(e.out_zp));
-  // dword j of the packed result holds bytes 4 (j % 4) .. of vector (j / 4) % 4's lane j / 16
-  const __m512i unlane = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
   const int64_t tap_bytes = cgroups * gemm::kGroupBytes;
   for (int64_t i = 0; i < tile.count; ++i) {
     __m512i acc[MR][NP];
@@ -888,44 +896,34 @@ __attribute__((target(Q8_AVX512_TARGET ",avx512vnni"), noinline)) void conv_tile
       at[r] = (n * e.pixels + (tile.orow != nullptr ? tile.orow[6 * i + r] : tile.p + 6 * i + r)) * e.oc + o0;
     }
     if constexpr (MODE > 0) {
-      {
 #pragma GCC unroll 6
-        for (int r = 0; r < MR; ++r) {
-          __m512i code[NP];
+      for (int r = 0; r < MR; ++r) {
+        __m512i code[NP];
 #pragma GCC unroll 4
-          for (int q = 0; q < NP; ++q) {
-            __m512 y = _mm512_add_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(acc[r][q]), _mm512_load_ps(sv[q])),
-                                     _mm512_load_ps(bv[q]));
-            if constexpr (kRes) {
-              const __m512i rv = _mm512_cvtepu8_epi32(
-                  _mm_loadu_si128(reinterpret_cast<const __m128i*>(e.res_u8 + at[r] + 16 * q)));
-              y = _mm512_add_ps(y, _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(rv, c.rzp)), c.rsc));
-            }
-            code[q] = avx512_fast_code(c, y, kLo);
-          }
-          const __m512i w01 = _mm512_adds_epi16(_mm512_packs_epi32(code[0], code[1]), zp16);
-          if constexpr (NP == 4) {
-            const __m512i w23 = _mm512_adds_epi16(_mm512_packs_epi32(code[2], code[3]), zp16);
-            _mm512_storeu_si512(e.out_u8 + at[r], _mm512_permutexvar_epi32(unlane, _mm512_packus_epi16(w01, w23)));
-          } else {
-            // dwords 4 L + {0, 1} of the pack hold vector 0's and 1's bytes of lane L
-            const __m512i p = _mm512_permutexvar_epi32(unlane, _mm512_packus_epi16(w01, w01));
-            // unlane puts dword 4 L + v at v * 4 + L: vectors 0 and 1 are dwords 0..7
-            _mm256_storeu_si256(reinterpret_cast<__m256i*>(e.out_u8 + at[r]), _mm512_castsi512_si256(p));
-          }
+        for (int q = 0; q < NP; ++q) {
+          const __m512 y = avx512_packed_y<kRes>(c, acc[r][q], _mm512_load_ps(sv[q]), _mm512_load_ps(bv[q]),
+                                                 e.res_u8 + at[r] + 16 * q);
+          code[q] = avx512_fast_code(c, y, kLo);
+        }
+        if constexpr (NP == 4) {
+          _mm512_storeu_si512(e.out_u8 + at[r], avx512_pack64(code[0], code[1], code[2], code[3], zp16));
+        } else {
+          // vectors 0 and 1 twice: the first 32 bytes are their codes in order
+          const __m512i p = avx512_pack64(code[0], code[1], code[0], code[1], zp16);
+          _mm256_storeu_si256(reinterpret_cast<__m256i*>(e.out_u8 + at[r]), _mm512_castsi512_si256(p));
         }
       }
     } else {
 #pragma GCC unroll 4
-    for (int q = 0; q < NP; ++q) {
-      const __mmask16 k = tail_mask(ncols - 16 * q);
-      const __m512 s = _mm512_load_ps(sv[q]);
-      const __m512 bq = _mm512_load_ps(bv[q]);
+      for (int q = 0; q < NP; ++q) {
+        const __mmask16 k = tail_mask(ncols - 16 * q);
+        const __m512 s = _mm512_load_ps(sv[q]);
+        const __m512 bq = _mm512_load_ps(bv[q]);
 #pragma GCC unroll 6
-      for (int r = 0; r < MR; ++r) {
-        avx512_epi_vec(c, acc[r][q], s, bq, at[r] + 16 * q, k);
+        for (int r = 0; r < MR; ++r) {
+          avx512_epi_vec(c, acc[r][q], s, bq, at[r] + 16 * q, k);
+        }
       }
-    }
     }
   }
 }
@@ -943,8 +941,7 @@ FusedTileFn fused_tile_fn(const Epilogue& e, int np, int ncols) {
       {&conv_tile_fused_avx512<4, 1>, &conv_tile_fused_avx512<4, 2>, &conv_tile_fused_avx512<4, 3>,
        &conv_tile_fused_avx512<4, 4>}};
   if (e.fast_requant && (np == 2 || np == 4) && ncols == np * gemm::kPanel) {
-    const int mode = (e.q_lo != -static_cast<float>(e.out_zp) ? kFusedLo : 0) | (e.res_u8 != nullptr ? kFusedRes : 0);
-    return kPacked[np == 4][mode];
+    return kPacked[np == 4][packed_mode(e)];
   }
   return kAny[np];
 }
@@ -1715,7 +1712,7 @@ void conv_gemm(const uint8_t* xq, const Geometry& G, const ConvPackedView& wv, c
   const uint8_t* const xq_end = xq + G.n * G.h * G.w * G.c;
   at::parallel_for(0, ws.items(nseg), 1, [&](int64_t begin, int64_t end) {
     std::vector<uint8_t> panels(in_place ? 0 : static_cast<size_t>(chunk * panel_bytes) + 64);
-    uint8_t* pbuf = reinterpret_cast<uint8_t*>((reinterpret_cast<uintptr_t>(panels.data()) + 63) & ~uintptr_t{63});
+    uint8_t* pbuf = align64(panels.data());
     std::vector<const uint8_t*> ptrs(in_place ? static_cast<size_t>(chunk * ptrs_per_panel) : 0);
     std::vector<uint8_t> zp_row(in_place ? static_cast<size_t>(4 * G.cg4) : 0);  // and the 3 tail slots
     alignas(64) int32_t c32[gemm::kRows * gemm::kTileCols];
@@ -1809,7 +1806,7 @@ void conv_gemm(const uint8_t* xq, const Geometry& G, const ConvPackedView& wv, c
 // column is shared by the outputs whose windows contain it (stride 1: 3, stride 2:
 // 2 for the even ones). The unpacks leave vector k's lane L holding channels
 // 16 L + 4 k .. 16 L + 4 k + 3; the epilogue's column terms are laid out in that
-// order (DwVnniTerms), and vpackssdw (k = 0, 1 and 2, 3) then vpackuswb put every
+// order (dw_vnni_terms), and vpackssdw (k = 0, 1 and 2, 3) then vpackuswb put every
 // lane's 16 codes back in channel order: one 64-byte store per output, no permute.
 // The interleaved quads (x0, x1, x2, 0) of input column ix of 3 rows (rows[i], or the
 // pad row where the row or the column is outside), channels [c0, c0 + 64) under m.
@@ -1872,8 +1869,8 @@ __attribute__((target(Q8_AVX512_TARGET ",avx512vnni"), noinline)) void dw3x3_vnn
           const __m512i w = _mm512_load_si512(wg + (j * 4 + k) * 64);
           asm("vpdpbusd %2, %1, %0" : "+v"(acc) : "v"(col[j][k]), "v"(w));
         }
-        const __m512 y = _mm512_add_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(acc), _mm512_load_ps(sg + 16 * k)),
-                                       _mm512_load_ps(bg + 16 * k));
+        const __m512 y =
+            avx512_packed_y<false>(c, acc, _mm512_load_ps(sg + 16 * k), _mm512_load_ps(bg + 16 * k), nullptr);
         code[k] = avx512_fast_code(c, y, LO);
       }
       const __m512i w01 = _mm512_adds_epi16(_mm512_packs_epi32(code[0], code[1]), zp16);
@@ -1966,19 +1963,20 @@ __attribute__((target(Q8_AVX512_TARGET ",avx512vnni"), noinline)) void dw3x3_vnn
   const int64_t C = G.c;
   std::vector<uint8_t> padrow(static_cast<size_t>(round_up(C, 64)));
   const std::unique_ptr<int32_t[]> buf(new int32_t[static_cast<size_t>(3 * groups64 * 64 + 16)]);
-  int32_t* nz = reinterpret_cast<int32_t*>((reinterpret_cast<uintptr_t>(buf.get()) + 63) & ~uintptr_t{63});
+  int32_t* nz = align64(buf.get());
   float* sv = reinterpret_cast<float*>(nz + groups64 * 64);
   float* bv = sv + groups64 * 64;
-  const bool lo = e.q_lo != -static_cast<float>(e.out_zp);
+  const bool lo = (packed_mode(e) & kFusedLo) != 0;  // (no residual here)
   int64_t last_n = -1;
+  Avx512Epi c{};
   for (int64_t item = begin; item < end; ++item) {
     const int64_t n = item / G.oh, oh = item % G.oh;
     if (n != last_n) {
       last_n = n;
+      c = make_avx512_epi(e, n);
       std::fill(padrow.begin(), padrow.end(), static_cast<uint8_t>(e.zx[n]));
       dw_vnni_terms(e, n, wsum, C, groups64, nz, sv, bv);
     }
-    const Avx512Epi c = make_avx512_epi(e, n);
     const uint8_t* x = xq + n * G.h * G.w * C;
     if (G.sw == 1) {
       (lo ? &dw3x3_vnni_row<1, true> : &dw3x3_vnni_row<1, false>)(c, x, G, padrow.data(), n, oh, groups64, wq, nz,
@@ -2006,7 +2004,7 @@ bool conv_depthwise_vnni(const uint8_t* xq, const Geometry& G, const ConvPackedV
   // The weights in the lanes' channel order, per group of 64: [3 kernel columns][4 vectors] of
   // 64 bytes, (w0j, w1j, w2j, 0) per channel.
   const auto wq_buf = std::unique_ptr<int8_t[]>(new int8_t[static_cast<size_t>(groups64 * 12 * 64 + 64)]);
-  int8_t* wq = reinterpret_cast<int8_t*>((reinterpret_cast<uintptr_t>(wq_buf.get()) + 63) & ~uintptr_t{63});
+  int8_t* wq = align64(wq_buf.get());
   dw_vnni_weights(wv.dw_weights, ldw, groups64, wq);
   at::parallel_for(0, G.n * G.oh, 1, [&](int64_t begin, int64_t end) {
     dw3x3_vnni_items(xq, G, wv.dw_sums, epi, wq, groups64, begin, end);
