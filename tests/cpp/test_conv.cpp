@@ -17,6 +17,8 @@ using namespace q8_test;
 
 struct Case {
   int64_t n, c, h, w, oc, kh, kw, sh, sw, ph, pw, dh, dw, groups;
+  int64_t oh() const { return (h + 2 * ph - dh * (kh - 1) - 1) / sh + 1; }
+  int64_t ow() const { return (w + 2 * pw - dw * (kw - 1) - 1) / sw + 1; }
 };
 
 // Static mode: xq = clamp(nearbyint(x * (1 / s)) + z, 0, 255); acc = sum (xq - z) * w
@@ -92,8 +94,7 @@ TEST(Conv2d, StaticMatchesScalarReferenceOnEveryIsa) {
     const auto x = torch::randn({k.n, k.c, k.h, k.w});
     const float s = 0.023f;
     const int32_t z = 121;
-    const int64_t oh = (k.h + 2 * k.ph - k.dh * (k.kh - 1) - 1) / k.sh + 1;
-    const int64_t ow = (k.w + 2 * k.pw - k.dw * (k.kw - 1) - 1) / k.sw + 1;
+    const int64_t oh = k.oh(), ow = k.ow();
     const auto want = ref_conv(k, as_floats(x), as_int64s(w8), as_floats(ws), as_floats(bias), s, z, oh, ow);
     const auto packed = q8::pack_conv_weight(w8, k.groups);
     EXPECT_TRUE(q8::unpack_conv_weight(packed, k.oc, cg, {k.kh, k.kw}, k.groups).equal(w8));
@@ -128,8 +129,7 @@ TEST(Conv2d, DepthwiseUint8OutputMatchesScalarReferenceOnEveryIsa) {
     const auto x = torch::randn({k.n, k.c, k.h, k.w}).contiguous(at::MemoryFormat::ChannelsLast);
     const float s = 0.021f, so = 0.013f;
     const int32_t z = 111, zo = 3;
-    const int64_t oh = (k.h + 2 * k.ph - k.dh * (k.kh - 1) - 1) / k.sh + 1;
-    const int64_t ow = (k.w + 2 * k.pw - k.dw * (k.kw - 1) - 1) / k.sw + 1;
+    const int64_t oh = k.oh(), ow = k.ow();
     const auto y = ref_conv(k, as_floats(x.contiguous()), as_int64s(w8), as_floats(ws), as_floats(bias), s, z, oh,
                             ow);
     std::vector<int64_t> want(y.size());

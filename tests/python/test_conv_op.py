@@ -74,10 +74,11 @@ SHAPES_PANEL = [
     (2, 20, 9, 8, 24, (3, 3), (1, 1), (1, 1), (1, 1), 1),     # 3x3 same padding, Cg = 20
     (1, 32, 10, 7, 18, (3, 2), (2, 1), (2, 0), (1, 2), 2),    # grouped, strided, dilated, Cg = 16
     (1, 8, 6, 6, 8, (1, 1), (2, 2), (1, 1), (1, 1), 1),       # 1x1 with padding and stride
-    # larger images: panels with every tap inside, whose kernel rows run as one tap (C % 4 == 0, groups 1)
+    # larger images: many panels of 6 rows inside one output row with every tap inside the image (build_row_ptrs'
+    # first case), and panels that cross output rows
     (2, 16, 14, 13, 20, (3, 3), (1, 1), (1, 1), (1, 1), 1),
     (1, 8, 23, 25, 16, (3, 3), (2, 2), (1, 1), (1, 1), 1),    # stride 2
-    (1, 12, 15, 17, 8, (3, 3), (1, 1), (1, 1), (2, 1), 1),    # row dilation 2 (the kernel rows stay contiguous)
+    (1, 12, 15, 17, 8, (3, 3), (1, 1), (1, 1), (2, 1), 1),    # row dilation 2
 ]
 
 
