@@ -796,17 +796,53 @@ __attribute__((target(Q8_AVX512_TARGET), noinline)) void epilogue_tile_avx512(co
 
 // What one call of conv_tile_fused_avx512 runs: count 6-row tiles, each with the
 // same taps and accumulator start, their row pointers and output rows.
+// A tile's rows come from one of two forms of its pointer table (at rows + i *
+// rows_stride): the full table, [ntaps][kRows] pointers (row r's bytes of the tt-th
+// tap run), or, where tap_off is set and the tile is "based" (based null, or
+// based[i] != 0), kRows row bases: row r of the tt-th tap run at base[r] +
+// tap_off[tt]. The bases cost 6 stores a tile to build, the table 6 per tap.
 struct FusedTile {
-  const uint8_t* const* rows;  // [ntaps][kRows] of tile 0: row r's bytes of the tt-th tap run
+  const uint8_t* const* rows;  // tile 0's table or bases
   int64_t rows_stride;         // pointers from one tile's table to the next one's
   int64_t ntaps;
   const int32_t* taps;         // the weight taps run, or null: taps 0 .. ntaps - 1
+  const int64_t* tap_off;      // byte offsets of the taps run from the bases, or null: no tile based
+  const uint8_t* based;        // per tile, whether it is based (tap_off set), or null: all are
   const int32_t* init;         // per column of the block, the accumulators' start, or null: -z * wsum
   const int64_t* orow;         // 6 output rows (of sample n) per tile, tile i's at orow + 6 i,
                                // or null: tile i writes rows p + 6 i .. p + 6 i + 5
   int64_t p;
   int64_t count;               // tiles
 };
+
+// The taps of one 6-row tile into acc (NP panels): tap t's rows from rows_of(t, s),
+// its weights at b + taps[t] (or t) * tap_bytes. int8_conv_tile_vnni's loop
+// (kernels/int8_gemm_avx512_vnni.cpp).
+template <int NP, class RowsOf>
+__attribute__((target(Q8_AVX512_TARGET ",avx512vnni"), always_inline)) inline void fused_taps(
+    __m512i (&acc)[gemm::kRows][NP], int64_t ntaps, const int32_t* taps, const int8_t* b, int64_t tap_bytes,
+    int64_t cgroups, int64_t panel_stride, const RowsOf& rows_of) {
+  constexpr int MR = gemm::kRows;
+  for (int64_t t = 0; t < ntaps; ++t) {
+    const uint8_t* s[MR];
+    rows_of(t, s);
+    const int8_t* bg = b + (taps != nullptr ? taps[t] : t) * tap_bytes;
+    for (int64_t g = 0; g < cgroups; ++g, bg += gemm::kGroupBytes) {
+      __m512i w[NP];
+      for (int q = 0; q < NP; ++q) {
+        w[q] = _mm512_loadu_si512(bg + q * panel_stride);
+      }
+      for (int r = 0; r < MR; ++r) {
+        int32_t a32;
+        std::memcpy(&a32, s[r] + 4 * g, 4);
+        const __m512i av = _mm512_set1_epi32(a32);
+        for (int q = 0; q < NP; ++q) {
+          asm("vpdpbusd %2, %1, %0" : "+v"(acc[r][q]) : "v"(av), "v"(w[q]));
+        }
+      }
+    }
+  }
+}
 
 // The in-place tile of whole 6-row panels on AVX-512 VNNI with the epilogue fused:
 // the accumulators start at -z * wsum (so they end at acc - z * wsum, the same
@@ -870,26 +906,25 @@ __attribute__((target(Q8_AVX512_TARGET ",avx512vnni"), noinline)) void conv_tile
       }
     }
     const uint8_t* const* rows = tile.rows + i * tile.rows_stride;
-    for (int64_t t = 0; t < tile.ntaps; ++t) {
-      const uint8_t* s[MR];
+    if (tile.tap_off != nullptr && (tile.based == nullptr || tile.based[i] != 0)) {
+      const uint8_t* base[MR];
       for (int r = 0; r < MR; ++r) {
-        s[r] = rows[t * gemm::kRows + r];
+        base[r] = rows[r];
       }
-      const int8_t* bg = b + (tile.taps != nullptr ? tile.taps[t] : t) * tap_bytes;
-      for (int64_t g = 0; g < cgroups; ++g, bg += gemm::kGroupBytes) {
-        __m512i w[NP];
-        for (int q = 0; q < NP; ++q) {
-          w[q] = _mm512_loadu_si512(bg + q * panel_stride);
-        }
-        for (int r = 0; r < MR; ++r) {
-          int32_t a32;
-          std::memcpy(&a32, s[r] + 4 * g, 4);
-          const __m512i av = _mm512_set1_epi32(a32);
-          for (int q = 0; q < NP; ++q) {
-            asm("vpdpbusd %2, %1, %0" : "+v"(acc[r][q]) : "v"(av), "v"(w[q]));
-          }
-        }
-      }
+      fused_taps<NP>(acc, tile.ntaps, tile.taps, b, tap_bytes, cgroups, panel_stride,
+                     [&](int64_t t, const uint8_t** s) {
+                       const int64_t off = tile.tap_off[t];
+                       for (int r = 0; r < MR; ++r) {
+                         s[r] = base[r] + off;
+                       }
+                     });
+    } else {
+      fused_taps<NP>(acc, tile.ntaps, tile.taps, b, tap_bytes, cgroups, panel_stride,
+                     [&](int64_t t, const uint8_t** s) {
+                       for (int r = 0; r < MR; ++r) {
+                         s[r] = rows[t * MR + r];
+                       }
+                     });
     }
     int64_t at[MR];
     for (int r = 0; r < MR; ++r) {
@@ -1375,8 +1410,11 @@ ColumnBlock column_block(const detail::PackedView& w, int64_t jb, int64_t ocg) {
 // m = n * OH * OW + p, so a panel may run across samples (conv_gemm's merged batch).
 // One call builds a work item's panels (one division for the first row); a panel
 // whose 6 rows all have every tap inside the image is 6 bases + tap_off[t] per tap.
+// With based (conv_tile_fused_avx512's FusedTile), such a panel's table holds only
+// its 6 bases, and based[panel] says which form a panel has.
 void build_row_ptrs(const uint8_t* xq, const Geometry& G, int64_t g, const uint8_t* zp_row, const int64_t* tap_off,
-                    const uint8_t* end, uint8_t* tail, int64_t m0, int64_t rows, const uint8_t** ptrs) {
+                    const uint8_t* end, uint8_t* tail, int64_t m0, int64_t rows, const uint8_t** ptrs,
+                    uint8_t* based) {
   constexpr int R = gemm::kRows;
   const int64_t taps = G.kh * G.kw;
   const int64_t span_h = (G.kh - 1) * G.dh, span_w = (G.kw - 1) * G.dw;
@@ -1395,11 +1433,19 @@ void build_row_ptrs(const uint8_t* xq, const Geometry& G, int64_t g, const uint8
       const uint8_t* b0 = x + (iy * G.w + ix) * G.c + g * G.cg;
       if (iy >= 0 && iy + span_h < G.h && ix >= 0 && ix + (R - 1) * G.sw + span_w < G.w &&
           (G.cg4 == G.cg || b0 + (R - 1) * pix_step + tap_off[taps - 1] + G.cg4 <= end)) {
-        for (int64_t t = 0; t < taps; ++t) {
-          const uint8_t* q = b0 + tap_off[t];
+        if (based != nullptr) {
+          based[i0 / R] = 1;
 #pragma GCC unroll 6
           for (int r = 0; r < R; ++r) {
-            pp[t * R + r] = q + r * pix_step;
+            pp[r] = b0 + r * pix_step;
+          }
+        } else {
+          for (int64_t t = 0; t < taps; ++t) {
+            const uint8_t* q = b0 + tap_off[t];
+#pragma GCC unroll 6
+            for (int r = 0; r < R; ++r) {
+              pp[t * R + r] = q + r * pix_step;
+            }
           }
         }
         ox += R;
@@ -1435,6 +1481,15 @@ void build_row_ptrs(const uint8_t* xq, const Geometry& G, int64_t g, const uint8
         }
       }
     }
+    if (based != nullptr) {
+      based[i0 / R] = all_inside ? 1 : 0;
+    }
+    if (all_inside && based != nullptr) {
+      for (int r = 0; r < R; ++r) {
+        pp[r] = base[r];
+      }
+      continue;
+    }
     if (all_inside) {
       for (int64_t t = 0; t < taps; ++t) {
         const int64_t off = tap_off[t];
@@ -1453,6 +1508,18 @@ void build_row_ptrs(const uint8_t* xq, const Geometry& G, int64_t g, const uint8
         continue;
       }
       // a border row: tap (i, j) is inside where both its input row and column are
+      if (G.cg4 == G.cg) {  // (no tail slots: a select per tap)
+        for (int64_t i = 0; i < G.kh; ++i) {
+          const int64_t y = ry[r] + i * G.dh;
+          const bool yin = y >= 0 && y < G.h;
+          for (int64_t j = 0; j < G.kw; ++j) {
+            const int64_t xx = rx[r] + j * G.dw;
+            const int64_t t = i * G.kw + j;
+            pp[t * R + r] = (yin & (xx >= 0) & (xx < G.w)) ? base[r] + tap_off[t] : zp_row;
+          }
+        }
+        continue;
+      }
       for (int64_t i = 0; i < G.kh; ++i) {
         const int64_t y = ry[r] + i * G.dh;
         const bool yin = y >= 0 && y < G.h;
@@ -1563,10 +1630,26 @@ bool conv_gemm_classed(const uint8_t* xq, const Geometry& G, const ConvPackedVie
       }
     }
   }
-  // The batch's output rows by class, each class cut into 6-row tiles.
+  // Per class, its taps' input offsets from its first tap's (the row bases of a
+  // based tile point at the first tap's pixel, which is inside the image).
+  const auto tap_offset = [&](int64_t t) { return ((t / G.kw) * G.dh * G.w + (t % G.kw) * G.dw) * G.c; };
+  std::vector<std::vector<int64_t>> coff(static_cast<size_t>(ncls));
+  std::vector<int64_t> first_off(static_cast<size_t>(ncls), 0);
+  for (int64_t c = 0; c < ncls; ++c) {
+    if (!ctaps[c].empty()) {
+      first_off[c] = tap_offset(ctaps[c][0]);
+    }
+    for (const int32_t t : ctaps[c]) {
+      coff[c].push_back(tap_offset(t) - first_off[c]);
+    }
+  }
+  // The batch's output rows by class, each class cut into 6-row tiles; per row, the
+  // input offset of its tap (0, 0) pixel (which may lie in the padding).
   const int64_t pixels = G.oh * G.ow;
-  std::vector<int64_t> order;
+  const int64_t sample_bytes = G.h * G.w * G.c;
+  std::vector<int64_t> order, origin;
   order.reserve(static_cast<size_t>(G.n * pixels + ncls * gemm::kRows));
+  origin.reserve(order.capacity());
   std::vector<std::pair<int64_t, int64_t>> tiles;  // (class, first index in order)
   for (size_t rc = 0; rc < rvals.size(); ++rc) {
     for (size_t cc = 0; cc < cvals.size(); ++cc) {
@@ -1579,6 +1662,7 @@ bool conv_gemm_classed(const uint8_t* xq, const Geometry& G, const ConvPackedVie
           for (int64_t ox = 0; ox < G.ow; ++ox) {
             if (cid[ox] == static_cast<int>(cc)) {
               order.push_back(n * pixels + oy * G.ow + ox);
+              origin.push_back(n * sample_bytes + ((oy * G.sh - G.ph) * G.w + (ox * G.sw - G.pw)) * G.c);
             }
           }
         }
@@ -1589,6 +1673,7 @@ bool conv_gemm_classed(const uint8_t* xq, const Geometry& G, const ConvPackedVie
       }
       for (int64_t k = cnt; k % gemm::kRows != 0; ++k) {
         order.push_back(order.back());
+        origin.push_back(origin.back());
       }
       for (int64_t k = start; k < static_cast<int64_t>(order.size()); k += gemm::kRows) {
         tiles.emplace_back(static_cast<int64_t>(rc * cvals.size() + cc), k);
@@ -1620,26 +1705,34 @@ bool conv_gemm_classed(const uint8_t* xq, const Geometry& G, const ConvPackedVie
   }
   const WorkSplit ws = split_work(1, static_cast<int64_t>(tiles.size()), 16, ceil_div(w.panels, gemm::kMaxPanels),
                                   tile_cost.data());
-  const int64_t sample_bytes = G.h * G.w * G.c;
   const uint8_t* const xq_end = xq + G.n * sample_bytes;
   const int64_t ptrs_per_tile = taps * gemm::kRows;
   at::parallel_for(0, ws.items(1), 1, [&](int64_t begin, int64_t end) {
     std::vector<const uint8_t*> ptrs(static_cast<size_t>(ws.chunk * ptrs_per_tile));
+    std::vector<uint8_t> based(static_cast<size_t>(ws.chunk));
     std::vector<uint8_t> tail(static_cast<size_t>(3 * G.cg4));
     for (int64_t item = begin; item < end; ++item) {
       const WorkSplit::Item it = ws.item(item);
       const int64_t t0 = it.u0, t1 = it.u1;
       for (int64_t ti = t0; ti < t1; ++ti) {
-        const auto& list = ctaps[tiles[ti].first];
+        const int64_t c = tiles[ti].first;
         const uint8_t** tp = ptrs.data() + (ti - t0) * ptrs_per_tile;
+        const int64_t* o = origin.data() + tiles[ti].second;
+        // The row bases (each row's first tap), or, where a row's last tap would read
+        // past the end of the input (Cg4 > Cg), the table with tail_safe.
+        const int64_t last = coff[c].empty() ? 0 : coff[c].back();
+        bool ok = true;
         for (int r = 0; r < gemm::kRows; ++r) {
-          const int64_t m = order[tiles[ti].second + r];
-          const int64_t n = m / pixels, pp = m % pixels, oy = pp / G.ow, ox = pp % G.ow;
-          const uint8_t* base = xq + n * sample_bytes + ((oy * G.sh - G.ph) * G.w + (ox * G.sw - G.pw)) * G.c;
-          for (size_t tt = 0; tt < list.size(); ++tt) {
-            const int64_t i = list[tt] / G.kw, j = list[tt] % G.kw;
-            const uint8_t* q = base + (i * G.dh * G.w + j * G.dw) * G.c;
-            tp[tt * gemm::kRows + r] = G.cg4 == G.cg ? q : tail_safe(q, G, xq_end, tail.data());
+          tp[r] = coff[c].empty() ? xq : xq + o[r] + first_off[c];
+          ok = ok && (G.cg4 == G.cg || tp[r] + last + G.cg4 <= xq_end);
+        }
+        based[ti - t0] = ok ? 1 : 0;
+        if (!ok) {
+          for (int r = 0; r < gemm::kRows; ++r) {
+            const uint8_t* base = tp[r];  // (only tap 0 of row r overwrites it)
+            for (size_t tt = 0; tt < coff[c].size(); ++tt) {
+              tp[tt * gemm::kRows + r] = tail_safe(base + coff[c][tt], G, xq_end, tail.data());
+            }
           }
         }
       }
@@ -1653,9 +1746,16 @@ bool conv_gemm_classed(const uint8_t* xq, const Geometry& G, const ConvPackedVie
           while (tj < t1 && tiles[tj].first == c) {
             ++tj;
           }
-          const FusedTile tile{ptrs.data() + (ti - t0) * ptrs_per_tile, ptrs_per_tile,
-                               static_cast<int64_t>(ctaps[c].size()), ctaps[c].data(), init.data() + c * ldc + cb.col0,
-                               order.data() + tiles[ti].second, 0, tj - ti};
+          const FusedTile tile{ptrs.data() + (ti - t0) * ptrs_per_tile,
+                               ptrs_per_tile,
+                               static_cast<int64_t>(ctaps[c].size()),
+                               ctaps[c].data(),
+                               coff[c].data(),
+                               based.data() + (ti - t0),
+                               init.data() + c * ldc + cb.col0,
+                               order.data() + tiles[ti].second,
+                               0,
+                               tj - ti};
           fn(epi, tile, cgroups, cb.b, w.panel_stride, 0, cb.col0, cb.ncols, w.rowsums + cb.col0);
           ti = tj;
         }
@@ -1714,6 +1814,7 @@ void conv_gemm(const uint8_t* xq, const Geometry& G, const ConvPackedView& wv, c
     std::vector<uint8_t> panels(in_place ? 0 : static_cast<size_t>(chunk * panel_bytes) + 64);
     uint8_t* pbuf = align64(panels.data());
     std::vector<const uint8_t*> ptrs(in_place ? static_cast<size_t>(chunk * ptrs_per_panel) : 0);
+    std::vector<uint8_t> based(fused ? static_cast<size_t>(chunk) : 0);
     std::vector<uint8_t> zp_row(in_place ? static_cast<size_t>(4 * G.cg4) : 0);  // and the 3 tail slots
     alignas(64) int32_t c32[gemm::kRows * gemm::kTileCols];
     std::vector<int64_t> c64(long_k ? gemm::kRows * gemm::kTileCols : 0);
@@ -1731,7 +1832,8 @@ void conv_gemm(const uint8_t* xq, const Geometry& G, const ConvPackedView& wv, c
         if (in_place) {
           build_row_ptrs(xq, G, g, zp_row.data(), tap_off.data(), xq_end, zp_row.data() + G.cg4,
                          n * seg_rows + mp0 * gemm::kRows,
-                         std::min(seg_rows, mp1 * gemm::kRows) - mp0 * gemm::kRows, ptrs.data());
+                         std::min(seg_rows, mp1 * gemm::kRows) - mp0 * gemm::kRows, ptrs.data(),
+                         fused && !epi.bad[n] ? based.data() : nullptr);
         } else {
           for (int64_t mp = mp0; mp < mp1; ++mp) {
             const int rows = static_cast<int>(std::min<int64_t>(gemm::kRows, seg_rows - mp * gemm::kRows));
@@ -1749,7 +1851,8 @@ void conv_gemm(const uint8_t* xq, const Geometry& G, const ConvPackedView& wv, c
             // the whole panels of the chunk in one call
             const int64_t whole = std::min(mp1, seg_rows / gemm::kRows) - mp0;
             if (whole > 0) {
-              const FusedTile tile{ptrs.data(), ptrs_per_panel, taps, nullptr, nullptr, nullptr, mp0 * gemm::kRows, whole};
+              const FusedTile tile{ptrs.data(), ptrs_per_panel, taps,    nullptr,           tap_off.data(),
+                                   based.data(), nullptr,        nullptr, mp0 * gemm::kRows, whole};
               fused_tile_fn(epi, np, ncols)(epi, tile, G.cg4 / 4, b, w.panel_stride, n, g * ocg + col0, ncols,
                                             w.rowsums + col0);
               mp += whole;
