@@ -1643,41 +1643,27 @@ bool conv_gemm_classed(const uint8_t* xq, const Geometry& G, const ConvPackedVie
       coff[c].push_back(tap_offset(t) - first_off[c]);
     }
   }
-  // The batch's output rows by class, each class cut into 6-row tiles; per row, the
-  // input offset of its tap (0, 0) pixel (which may lie in the padding).
+  // Class (rc, cc) holds the output rows (n, oy, ox) with rid[oy] == rc and cid[ox] ==
+  // cc, in the order n, oy, ox (its "index" k = (n * |ys| + y) * |xs| + x over its
+  // lists ys of oy and xs of ox), cut into 6-row tiles; the last tile of a class
+  // repeats its last row. The work items build their tiles' rows (ClassWalk), so
+  // the serial part is per tile, not per pixel.
+  std::vector<std::vector<int64_t>> ys(rvals.size()), xs(cvals.size());
+  for (int64_t oy = 0; oy < G.oh; ++oy) {
+    ys[rid[oy]].push_back(oy);
+  }
+  for (int64_t ox = 0; ox < G.ow; ++ox) {
+    xs[cid[ox]].push_back(ox);
+  }
   const int64_t pixels = G.oh * G.ow;
   const int64_t sample_bytes = G.h * G.w * G.c;
-  std::vector<int64_t> order, origin;
-  order.reserve(static_cast<size_t>(G.n * pixels + ncls * gemm::kRows));
-  origin.reserve(order.capacity());
-  std::vector<std::pair<int64_t, int64_t>> tiles;  // (class, first index in order)
-  for (size_t rc = 0; rc < rvals.size(); ++rc) {
-    for (size_t cc = 0; cc < cvals.size(); ++cc) {
-      const int64_t start = static_cast<int64_t>(order.size());
-      for (int64_t n = 0; n < G.n; ++n) {
-        for (int64_t oy = 0; oy < G.oh; ++oy) {
-          if (rid[oy] != static_cast<int>(rc)) {
-            continue;
-          }
-          for (int64_t ox = 0; ox < G.ow; ++ox) {
-            if (cid[ox] == static_cast<int>(cc)) {
-              order.push_back(n * pixels + oy * G.ow + ox);
-              origin.push_back(n * sample_bytes + ((oy * G.sh - G.ph) * G.w + (ox * G.sw - G.pw)) * G.c);
-            }
-          }
-        }
-      }
-      const int64_t cnt = static_cast<int64_t>(order.size()) - start;
-      if (cnt == 0) {
-        continue;
-      }
-      for (int64_t k = cnt; k % gemm::kRows != 0; ++k) {
-        order.push_back(order.back());
-        origin.push_back(origin.back());
-      }
-      for (int64_t k = start; k < static_cast<int64_t>(order.size()); k += gemm::kRows) {
-        tiles.emplace_back(static_cast<int64_t>(rc * cvals.size() + cc), k);
-      }
+  std::vector<std::pair<int64_t, int64_t>> tiles;  // (class, index of its first row)
+  std::vector<int64_t> csize(static_cast<size_t>(ncls));
+  for (int64_t c = 0; c < ncls; ++c) {
+    const size_t rc = static_cast<size_t>(c) / cvals.size(), cc = static_cast<size_t>(c) % cvals.size();
+    csize[c] = G.n * static_cast<int64_t>(ys[rc].size() * xs[cc].size());
+    for (int64_t k = 0; k < csize[c]; k += gemm::kRows) {
+      tiles.emplace_back(c, k);
     }
   }
   // Each class's accumulator start per column: -z * (sum of its taps' column sums),
@@ -1710,14 +1696,47 @@ bool conv_gemm_classed(const uint8_t* xq, const Geometry& G, const ConvPackedVie
   at::parallel_for(0, ws.items(1), 1, [&](int64_t begin, int64_t end) {
     std::vector<const uint8_t*> ptrs(static_cast<size_t>(ws.chunk * ptrs_per_tile));
     std::vector<uint8_t> based(static_cast<size_t>(ws.chunk));
+    std::vector<int64_t> orow(static_cast<size_t>(ws.chunk * gemm::kRows));
     std::vector<uint8_t> tail(static_cast<size_t>(3 * G.cg4));
     for (int64_t item = begin; item < end; ++item) {
       const WorkSplit::Item it = ws.item(item);
       const int64_t t0 = it.u0, t1 = it.u1;
+      // The rows of the item's tiles: per run of one class, one division for its first
+      // row, then a walk over (n, y, x).
+      int64_t walk_c = -1, k = 0, n = 0, yi = 0, xi = 0;
       for (int64_t ti = t0; ti < t1; ++ti) {
         const int64_t c = tiles[ti].first;
+        const std::vector<int64_t>& cy = ys[static_cast<size_t>(c) / cvals.size()];
+        const std::vector<int64_t>& cx = xs[static_cast<size_t>(c) % cvals.size()];
+        if (c != walk_c) {
+          walk_c = c;
+          k = tiles[ti].second;
+          const int64_t q = k / static_cast<int64_t>(cx.size());
+          xi = k % static_cast<int64_t>(cx.size());
+          yi = q % static_cast<int64_t>(cy.size());
+          n = q / static_cast<int64_t>(cy.size());
+        }
+        int64_t o[gemm::kRows];
+        int64_t* rows_out = orow.data() + (ti - t0) * gemm::kRows;
+        for (int r = 0; r < gemm::kRows; ++r) {
+          if (k < csize[c]) {  // (else a copy of the class's last row)
+            const int64_t oy = cy[yi], ox = cx[xi];
+            rows_out[r] = n * pixels + oy * G.ow + ox;
+            o[r] = n * sample_bytes + ((oy * G.sh - G.ph) * G.w + (ox * G.sw - G.pw)) * G.c;
+            ++k;
+            if (++xi == static_cast<int64_t>(cx.size())) {
+              xi = 0;
+              if (++yi == static_cast<int64_t>(cy.size())) {
+                yi = 0;
+                ++n;
+              }
+            }
+          } else {
+            rows_out[r] = rows_out[r - 1];
+            o[r] = o[r - 1];
+          }
+        }
         const uint8_t** tp = ptrs.data() + (ti - t0) * ptrs_per_tile;
-        const int64_t* o = origin.data() + tiles[ti].second;
         // The row bases (each row's first tap), or, where a row's last tap would read
         // past the end of the input (Cg4 > Cg), the table with tail_safe.
         const int64_t last = coff[c].empty() ? 0 : coff[c].back();
@@ -1753,7 +1772,7 @@ bool conv_gemm_classed(const uint8_t* xq, const Geometry& G, const ConvPackedVie
                                coff[c].data(),
                                based.data() + (ti - t0),
                                init.data() + c * ldc + cb.col0,
-                               order.data() + tiles[ti].second,
+                               orow.data() + (ti - t0) * gemm::kRows,
                                0,
                                tj - ti};
           fn(epi, tile, cgroups, cb.b, w.panel_stride, 0, cb.col0, cb.ncols, w.rowsums + cb.col0);
