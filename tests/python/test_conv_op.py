@@ -140,6 +140,47 @@ def test_conv2d_static_fused_epilogue_exact_on_every_isa(shape):
             assert_bits(out, expected)
 
 
+# A float residual with uint8 output (AVX-512: the one-clamp requantization, with NaN y -> the zero point): whole 32-
+# and 64-column blocks of the fused tile and a 16-column tail, a partial 6-row panel, the tap-skipping path (small
+# images), depthwise (the separate epilogue) and 1x1; residuals with NaN, +-Inf and values beyond the output range.
+SHAPES_RES_F = [
+    (2, 16, 7, 9, 96, (3, 3), (1, 1), (1, 1), (1, 1), 1),     # 96 = 64 + 32 columns, 63 pixels: a partial panel
+    (1, 8, 5, 6, 40, (3, 3), (1, 1), (1, 1), (1, 1), 1),      # 40 = 32 + a tail of 8
+    (16, 32, 4, 4, 64, (3, 3), (1, 1), (1, 1), (1, 1), 1),    # tap skipping (9 classes)
+    (2, 24, 6, 7, 24, (3, 3), (1, 1), (1, 1), (1, 1), 24),    # depthwise
+    (2, 64, 5, 5, 130, (1, 1), (1, 1), (0, 0), (1, 1), 1),    # 1x1, 130 = 2 x 64 + 2
+]
+
+
+@pytest.mark.parametrize("shape", SHAPES_RES_F)
+def test_conv2d_float_residual_uint8_output_exact_on_every_isa(shape):
+    n, c, h, w, oc, k, s, p, d, g = shape
+    oh, ow = out_size(shape)
+    gen = torch.Generator().manual_seed(13)
+    res = torch.randn(n, oc, oh, ow, generator=gen) * 2
+    flat = res.view(-1)
+    idx = torch.randperm(flat.numel(), generator=gen)
+    flat[idx[:7]] = float("nan")
+    flat[idx[7:12]] = float("inf")
+    flat[idx[12:17]] = -float("inf")
+    flat[idx[17:40]] *= 1e3  # beyond the output range either way
+    st = dict(activation="static", input_scale=torch.tensor(0.031), input_zero_point=torch.tensor(117))
+    variants = [
+        dict(clamp_min=0.0, output_scale=torch.tensor(0.03), output_zero_point=torch.tensor(0)),   # ReLU: no lower clamp
+        dict(clamp_min=-0.25, output_scale=torch.tensor(0.02), output_zero_point=torch.tensor(40)),  # a lower clamp
+        dict(output_scale=torch.tensor(0.05), output_zero_point=torch.tensor(128)),
+        dict(clamp_min=0.0, clamp_max=6.0, output_scale=torch.tensor(6 / 255), output_zero_point=torch.tensor(0)),
+    ]
+    for memory_format in (torch.contiguous_format, torch.channels_last):
+        r = res.contiguous(memory_format=memory_format)
+        for isa in each_isa():
+            for v in variants:
+                _, _, _, _, out, expected = run_case(shape, residual=r, **st, **v)
+                assert out.dtype == torch.uint8
+                assert_bits(out, expected)
+                assert bool((out.contiguous().view(-1)[idx[:7]] == v["output_zero_point"]).all())  # NaN: the zp
+
+
 def test_conv2d_uint8_output_requantization_edges():
     # uint8 output at the edges of the requantization, on every ISA (AVX-512 folds the clamps into one clamp of
     # y / output_scale when y cannot be NaN): exact ties (a zero weight makes y = bias, and bias = (k + 1/2) * 2^-3

@@ -450,9 +450,9 @@ struct Epilogue {
   uint8_t* out_u8;        // uint8 output or null
   float out_inv;          // 1 / output_scale
   int32_t out_zp;
-  // uint8 output whose y cannot be NaN (no float residual; finite bias and sx * sw):
-  // the clamps and the requantization in one, q = round(clamp(y * inv, q_lo, q_hi)) + zp
-  // (see avx512_epi_vec; set_fast_requant).
+  // uint8 output whose y is NaN at most from a float residual (finite bias and sx *
+  // sw): the clamps and the requantization in one, q = round(clamp(y * inv, q_lo,
+  // q_hi)) + zp, and q = zp where y is NaN (see avx512_epi_vec; set_fast_requant).
   bool fast_requant = false;
   float q_lo = 0.f, q_hi = 0.f;
   const float* sx;        // [N]
@@ -631,35 +631,47 @@ __attribute__((target(Q8_AVX512_TARGET), always_inline)) inline __m512 avx512_ep
 
 // fast_requant's code less the zero point: round(clamp(y * inv, q_lo, q_hi)); the
 // lower clamp only where lo (without it, the packed narrowing's saturation does it:
-// packed_mode).
+// packed_mode). With nan (a float residual), 0 where y is NaN (maxps / minps pass
+// the NaN v on, and vcvtps2dq makes it INT32_MIN).
 __attribute__((target(Q8_AVX512_TARGET), always_inline)) inline __m512i avx512_fast_code(const Avx512Epi& c,
-                                                                                        __m512 y, bool lo) {
+                                                                                        __m512 y, bool lo,
+                                                                                        bool nan = false) {
   __m512 v = _mm512_mul_ps(y, c.inv);
   if (lo) {
     v = _mm512_max_ps(c.qlo, v);
   }
-  return _mm512_cvtps_epi32(_mm512_min_ps(c.qhi, v));
+  const __m512i q = _mm512_cvtps_epi32(_mm512_min_ps(c.qhi, v));
+  return nan ? _mm512_maskz_mov_epi32(_mm512_cmp_ps_mask(y, y, _CMP_ORD_Q), q) : q;
 }
 
 // The variant of the packed uint8 narrowing (fast_requant; conv_tile_fused_avx512,
 // epilogue_rows_packed_avx512, the fused depthwise kernel): kFusedLo where the lower
 // clamp q_lo is not exactly the saturation at 0 (q_lo != -zp), kFusedRes with a
-// uint8 residual. The templates take it as MODE = packed_mode(e) + 1 (0: the general
-// epilogue).
-constexpr int kFusedLo = 1, kFusedRes = 2;
+// uint8 residual, kFusedResF with a float one (the two residuals exclude each other:
+// packed_mode is below kPackedModes). The templates take it as MODE = packed_mode(e)
+// + 1 (0: the general epilogue).
+constexpr int kFusedLo = 1, kFusedRes = 2, kFusedResF = 4, kPackedModes = 6;
 inline int packed_mode(const Epilogue& e) {
-  return (e.q_lo != -static_cast<float>(e.out_zp) ? kFusedLo : 0) | (e.res_u8 != nullptr ? kFusedRes : 0);
+  return (e.q_lo != -static_cast<float>(e.out_zp) ? kFusedLo : 0) | (e.res_u8 != nullptr ? kFusedRes : 0) |
+         (e.res_f != nullptr ? kFusedResF : 0);
+}
+// The residual kind of a packed MODE: 0 none, 1 uint8, 2 float.
+constexpr int packed_res(int mode) {
+  return mode > 0 && ((mode - 1) & kFusedRes) != 0 ? 1 : mode > 0 && ((mode - 1) & kFusedResF) != 0 ? 2 : 0;
 }
 
 // y of one vector on the packed path: (float(d) * s + bv) (the bias always added, 0
 // without one: y + 0 differs from y only for y = -0, whose code is the same), + the
-// uint8 residual's 16 values at res where RES.
-template <bool RES>
+// residual's 16 values at output index at: RES 1 uint8, 2 float (packed_res).
+template <int RES>
 __attribute__((target(Q8_AVX512_TARGET), always_inline)) inline __m512 avx512_packed_y(const Avx512Epi& c, __m512i d,
                                                                                        __m512 s, __m512 bv,
-                                                                                       const uint8_t* res) {
+                                                                                       int64_t at) {
   __m512 y = _mm512_add_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(d), s), bv);
-  if constexpr (RES) {
+  if constexpr (RES == 2) {
+    y = _mm512_add_ps(y, _mm512_loadu_ps(c.e->res_f + at));
+  } else if constexpr (RES == 1) {
+    const uint8_t* res = c.e->res_u8 + at;
     const __m512i rv = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(res)));
     y = _mm512_add_ps(y, _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(rv, c.rzp)), c.rsc));
   }
@@ -684,7 +696,7 @@ __attribute__((target(Q8_AVX512_TARGET), always_inline)) inline void avx512_epi_
   const Epilogue& e = *c.e;
   __m512 y = avx512_epi_y(c, d, s, bv, at, k);
   __m128i b;
-  if (e.fast_requant) {  // (uint8 output)
+  if (e.fast_requant) {  // (uint8 output; a NaN y's code INT32_MIN + zp truncates to zp)
     b = _mm512_cvtepi32_epi8(_mm512_add_epi32(avx512_fast_code(c, y, true), c.ozp));
   } else {
     if (e.has_lo) {
@@ -735,7 +747,8 @@ template <int MODE>
 __attribute__((target(Q8_AVX512_TARGET), noinline)) void epilogue_rows_packed_avx512(
     const Avx512Epi& c, int64_t row0, int mr, int cnt64, const int32_t* acc, int64_t ldacc, const int32_t* wsum,
     int64_t o0) {
-  constexpr bool kLo = ((MODE - 1) & kFusedLo) != 0, kRes = ((MODE - 1) & kFusedRes) != 0;
+  constexpr bool kLo = ((MODE - 1) & kFusedLo) != 0;
+  constexpr int kRes = packed_res(MODE);
   const Epilogue& e = *c.e;
   const __m512i zp16 = _mm512_set1_epi16(static_cast<int16_t>(e.out_zp));
   for (int j = 0; j < cnt64; j += 64) {
@@ -752,7 +765,7 @@ __attribute__((target(Q8_AVX512_TARGET), noinline)) void epilogue_rows_packed_av
 #pragma GCC unroll 4
       for (int q = 0; q < 4; ++q) {
         const __m512i d = _mm512_sub_epi32(_mm512_loadu_si512(acc + r * ldacc + j + 16 * q), zws[q]);
-        code[q] = avx512_fast_code(c, avx512_packed_y<kRes>(c, d, sv[q], bv[q], e.res_u8 + at + 16 * q), kLo);
+        code[q] = avx512_fast_code(c, avx512_packed_y<kRes>(c, d, sv[q], bv[q], at + 16 * q), kLo, kRes == 2);
       }
       _mm512_storeu_si512(e.out_u8 + at, avx512_pack64(code[0], code[1], code[2], code[3], zp16));
     }
@@ -777,8 +790,9 @@ __attribute__((target(Q8_AVX512_TARGET), noinline)) void epilogue_tile_avx512(co
   int j0 = 0;
   if (e.fast_requant && cnt >= 64) {
     using RowsFn = void (*)(const Avx512Epi&, int64_t, int, int, const int32_t*, int64_t, const int32_t*, int64_t);
-    static const RowsFn kRows[4] = {&epilogue_rows_packed_avx512<1>, &epilogue_rows_packed_avx512<2>,
-                                    &epilogue_rows_packed_avx512<3>, &epilogue_rows_packed_avx512<4>};
+    static const RowsFn kRows[kPackedModes] = {&epilogue_rows_packed_avx512<1>, &epilogue_rows_packed_avx512<2>,
+                                               &epilogue_rows_packed_avx512<3>, &epilogue_rows_packed_avx512<4>,
+                                               &epilogue_rows_packed_avx512<5>, &epilogue_rows_packed_avx512<6>};
     j0 = cnt / 64 * 64;
     kRows[packed_mode(e)](c, row0, mr, j0, acc, ldacc, wsum, o0);
   }
@@ -892,7 +906,7 @@ __attribute__((target(Q8_AVX512_TARGET ",avx512vnni"), noinline)) void conv_tile
   }
   static_assert(MODE == 0 || NP == 2 || NP == 4, "the packed narrowing takes 2 or 4 panels");
   constexpr bool kLo = MODE > 0 && ((MODE - 1) & kFusedLo) != 0;
-  constexpr bool kRes = MODE > 0 && ((MODE - 1) & kFusedRes) != 0;
+  constexpr int kRes = packed_res(MODE);
   const __m512i zp16 = _mm512_set1_epi16(static_cast<int16_t>(e.out_zp));
   const int64_t tap_bytes = cgroups * gemm::kGroupBytes;
   for (int64_t i = 0; i < tile.count; ++i) {
@@ -936,9 +950,9 @@ __attribute__((target(Q8_AVX512_TARGET ",avx512vnni"), noinline)) void conv_tile
         __m512i code[NP];
 #pragma GCC unroll 4
         for (int q = 0; q < NP; ++q) {
-          const __m512 y = avx512_packed_y<kRes>(c, acc[r][q], _mm512_load_ps(sv[q]), _mm512_load_ps(bv[q]),
-                                                 e.res_u8 + at[r] + 16 * q);
-          code[q] = avx512_fast_code(c, y, kLo);
+          const __m512 y =
+              avx512_packed_y<kRes>(c, acc[r][q], _mm512_load_ps(sv[q]), _mm512_load_ps(bv[q]), at[r] + 16 * q);
+          code[q] = avx512_fast_code(c, y, kLo, kRes == 2);
         }
         if constexpr (NP == 4) {
           _mm512_storeu_si512(e.out_u8 + at[r], avx512_pack64(code[0], code[1], code[2], code[3], zp16));
@@ -970,11 +984,11 @@ FusedTileFn fused_tile_fn(const Epilogue& e, int np, int ncols) {
   static const FusedTileFn kAny[gemm::kMaxPanels + 1] = {nullptr, &conv_tile_fused_avx512<1, 0>,
                                                          &conv_tile_fused_avx512<2, 0>, &conv_tile_fused_avx512<3, 0>,
                                                          &conv_tile_fused_avx512<4, 0>};
-  static const FusedTileFn kPacked[2][4] = {
+  static const FusedTileFn kPacked[2][kPackedModes] = {
       {&conv_tile_fused_avx512<2, 1>, &conv_tile_fused_avx512<2, 2>, &conv_tile_fused_avx512<2, 3>,
-       &conv_tile_fused_avx512<2, 4>},
+       &conv_tile_fused_avx512<2, 4>, &conv_tile_fused_avx512<2, 5>, &conv_tile_fused_avx512<2, 6>},
       {&conv_tile_fused_avx512<4, 1>, &conv_tile_fused_avx512<4, 2>, &conv_tile_fused_avx512<4, 3>,
-       &conv_tile_fused_avx512<4, 4>}};
+       &conv_tile_fused_avx512<4, 4>, &conv_tile_fused_avx512<4, 5>, &conv_tile_fused_avx512<4, 6>}};
   if (e.fast_requant && (np == 2 || np == 4) && ncols == np * gemm::kPanel) {
     return kPacked[np == 4][packed_mode(e)];
   }
@@ -1061,11 +1075,13 @@ int epilogue_level() {
 // (rounded multiplication by inv > 0 is monotone, so clamping before or after it is
 // the same; the bounds -zp, 255 - zp are integers inside [-512, 512], so clamping
 // to them before rounding equals clamping the rounded sum to [0, 255]), provided
-// q_lo <= q_hi and y is not NaN. y is NaN only from a float residual, a non-finite
-// bias or a non-finite sx * sw (finite terms give a finite or infinite y).
+// q_lo <= q_hi and y is not NaN. y is NaN only from a float residual (NaN, or an
+// infinite residual against an overflowed float(d) * s), a non-finite bias or a
+// non-finite sx * sw (finite terms give a finite or infinite y); the fast paths give
+// a NaN y the zero point, as run_body does, so only the last two are excluded.
 void set_fast_requant(Epilogue& e, int64_t n, const at::Tensor& sw, const at::Tensor& bias) {
   e.fast_requant = false;
-  if (e.out_u8 == nullptr || e.res_f != nullptr) {
+  if (e.out_u8 == nullptr) {
     return;
   }
   // The largest |v|, or Inf if any v is Inf or NaN. (Per call, per channel: a scalar
@@ -1508,7 +1524,7 @@ void build_row_ptrs(const uint8_t* xq, const Geometry& G, int64_t g, const uint8
         continue;
       }
       // a border row: tap (i, j) is inside where both its input row and column are
-      if (G.cg4 == G.cg) {  // (no tail slots: a select per tap)
+      if (G.cg4 == G.cg || base[r] + tap_off[taps - 1] + G.cg4 <= end) {  // (no tail slot: a select per tap)
         for (int64_t i = 0; i < G.kh; ++i) {
           const int64_t y = ry[r] + i * G.dh;
           const bool yin = y >= 0 && y < G.h;
@@ -1992,7 +2008,7 @@ __attribute__((target(Q8_AVX512_TARGET ",avx512vnni"), noinline)) void dw3x3_vnn
           asm("vpdpbusd %2, %1, %0" : "+v"(acc) : "v"(col[j][k]), "v"(w));
         }
         const __m512 y =
-            avx512_packed_y<false>(c, acc, _mm512_load_ps(sg + 16 * k), _mm512_load_ps(bg + 16 * k), nullptr);
+            avx512_packed_y<0>(c, acc, _mm512_load_ps(sg + 16 * k), _mm512_load_ps(bg + 16 * k), 0);
         code[k] = avx512_fast_code(c, y, LO);
       }
       const __m512i w01 = _mm512_adds_epi16(_mm512_packs_epi32(code[0], code[1]), zp16);
@@ -2112,7 +2128,8 @@ __attribute__((target(Q8_AVX512_TARGET ",avx512vnni"), noinline)) void dw3x3_vnn
 
 // conv_depthwise's fused AVX-512 VNNI path (dw3x3_vnni_row); false where it does not apply.
 bool conv_depthwise_vnni(const uint8_t* xq, const Geometry& G, const ConvPackedView& wv, const Epilogue& epi) {
-  if (active_isa() != Isa::AVX512_VNNI || !epi.fast_requant || epi.res_u8 != nullptr || G.kh != 3 || G.kw != 3 ||
+  if (active_isa() != Isa::AVX512_VNNI || !epi.fast_requant || epi.res_u8 != nullptr || epi.res_f != nullptr ||
+      G.kh != 3 || G.kw != 3 ||
       G.dh != 1 || G.dw != 1 || G.sh != G.sw || (G.sw != 1 && G.sw != 2) || G.c != G.oc) {
     return false;
   }
