@@ -243,6 +243,29 @@ def run_layers(layers, reps, target_s, int8_peak_total, out):
     return summary
 
 
+POOLS = ((1, 64, 112, 112), (16, 32, 32, 32))  # ResNet-18's stem max pool at 224x224; our stem's output
+
+
+def run_pools(reps, target_s, out):
+    """3x3 stride-2 max pool (ResNet's stem) on the channels_last tensors between layers: float32 (what a float
+    tensor between int8 layers costs), torch.ao's quantized max_pool2d (quint8) and q8.max_pool2d (uint8 codes)."""
+    out(["", "## Max pool 3x3 / 2, padding 1, channels_last (times in ms)", "",
+         "| input | float32 | ao quint8 | q8 uint8 | q8 / float32 | q8 / ao | same codes as ao | noise |",
+         "|---|---:|---:|---:|---:|---:|---|---:|"])
+    for shape in POOLS:
+        xf = torch.randn(*shape).relu().contiguous(memory_format=torch.channels_last)
+        xq = torch.quantize_per_tensor(xf, 0.02, 0, torch.quint8)
+        codes = xq.int_repr().contiguous(memory_format=torch.channels_last)
+        fns = [lambda: F.max_pool2d(xf, 3, 2, 1),
+               lambda: torch.ops.quantized.max_pool2d(xq, [3, 3], [2, 2], [1, 1], [1, 1], False),
+               lambda: q8.max_pool2d(codes, 3, 2, 1)]
+        same = torch.equal(fns[1]().int_repr(), fns[2]())
+        with torch.no_grad():
+            (tf, ta, tq), _, noise = bench(fns, reps, target_s)
+        out([f"| {list(shape)} | {fmt_ms(tf)} | {fmt_ms(ta)} | {fmt_ms(tq)} | {fmt_x(ratio(tf, tq))} | "
+             f"{fmt_x(ratio(ta, tq))} | {'yes' if same else 'NO'} | {max(noise):.0%} |"])
+
+
 # ---------------------------------------------------------------------------- end to end
 
 
@@ -428,6 +451,8 @@ def main():
     if args.only != "models":
         total_peak = int8_peak[1] * threads if int8_peak else None
         wrong = run_layers(QUICK_LAYERS if args.quick else LAYERS, reps, target_s, total_peak, out)["wrong"]
+        if hasattr(q8, "max_pool2d"):
+            run_pools(reps, target_s, out)
     if args.only != "layers":
         if args.quick:
             builders = {"ResNet-style (width 8)": lambda: cnn.resnet_style(width=8),

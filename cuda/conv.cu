@@ -935,12 +935,70 @@ at::Tensor conv2d_cuda(const at::Tensor& input, const at::Tensor& packed, const 
   return out;
 }
 
+// ---------------------------------------------------------------------------
+// max_pool2d of uint8 codes (the CPU kernel: csrc/ops/cpu/pool.cpp): one thread per
+// channels_last output element, the max over the window's taps inside the input (0,
+// the code of -inf, where none is).
+// ---------------------------------------------------------------------------
+struct PoolGeom {
+  int64_t n, c, h, w, oh, ow, kh, kw, sh, sw, ph, pw, dh, dw;
+};
+
+__global__ void max_pool2d_u8_kernel(const uint8_t* __restrict__ x, PoolGeom g, uint8_t* __restrict__ out) {
+  const int64_t total = g.n * g.oh * g.ow * g.c;
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < total;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int64_t c = i % g.c;
+    int64_t t = i / g.c;
+    const int64_t ox = t % g.ow;
+    t /= g.ow;
+    const int64_t oy = t % g.oh;
+    const int64_t n = t / g.oh;
+    const uint8_t* xs = x + n * g.h * g.w * g.c + c;
+    unsigned m = 0;
+    for (int64_t ki = 0; ki < g.kh; ++ki) {
+      const int64_t iy = oy * g.sh - g.ph + ki * g.dh;
+      if (iy < 0 || iy >= g.h) {
+        continue;
+      }
+      for (int64_t kj = 0; kj < g.kw; ++kj) {
+        const int64_t ix = ox * g.sw - g.pw + kj * g.dw;
+        if (ix >= 0 && ix < g.w) {
+          m = max(m, static_cast<unsigned>(xs[(iy * g.w + ix) * g.c]));
+        }
+      }
+    }
+    out[i] = static_cast<uint8_t>(m);
+  }
+}
+
+at::Tensor max_pool2d_cuda(const at::Tensor& input, at::IntArrayRef kernel_size, at::IntArrayRef stride,
+                           at::IntArrayRef padding, at::IntArrayRef dilation, bool ceil_mode) {
+  const detail::PoolArgs a =
+      detail::check_max_pool2d_args("max_pool2d", input, kernel_size, stride, padding, dilation, ceil_mode);
+  check_cuda("max_pool2d", input, "input");
+  c10::cuda::CUDAGuard guard(input.device());
+  const PoolGeom g{input.size(0), input.size(1), input.size(2),    input.size(3), a.oh.expect_int(),
+                   a.ow.expect_int(), a.kh,       a.kw,             a.sh,          a.sw,
+                   a.ph,               a.pw,       a.dh,             a.dw};
+  at::Tensor out = at::empty({g.n, g.c, g.oh, g.ow}, input.options().memory_format(at::MemoryFormat::ChannelsLast));
+  if (out.numel() == 0) {
+    return out;
+  }
+  const at::Tensor x = input.contiguous(at::MemoryFormat::ChannelsLast);
+  max_pool2d_u8_kernel<<<blocks_for(out.numel()), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
+      x.const_data_ptr<uint8_t>(), g, out.mutable_data_ptr<uint8_t>());
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  return out;
+}
+
 } // namespace
 
 TORCH_LIBRARY_IMPL(q8, CUDA, m) {
   m.impl("pack_conv_weight", &pack_conv_weight_cuda);
   m.impl("unpack_conv_weight", &unpack_conv_weight_cuda);
   m.impl("conv2d", &conv2d_cuda);
+  m.impl("max_pool2d", &max_pool2d_cuda);
 }
 
 } // namespace q8::cuda

@@ -804,6 +804,41 @@ ConvArgs check_conv2d_args(const char* op, const at::Tensor& input, const at::Te
   return a;
 }
 
+PoolArgs check_max_pool2d_args(const char* op, const at::Tensor& input, at::IntArrayRef kernel_size,
+                               at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation,
+                               bool ceil_mode) {
+  TORCH_CHECK(input.defined(), "q8.", op, ": input must be a defined tensor");
+  TORCH_CHECK(input.scalar_type() == at::kByte, "q8.", op,
+              ": input must be uint8 (the codes of an int8 layer's output), got ", input.scalar_type(),
+              " (pool float tensors with torch.nn.functional.max_pool2d)");
+  TORCH_CHECK(input.dim() == 4, "q8.", op, ": input must be 4-D [N, C, H, W], got shape ", input.sym_sizes());
+  check_conv_kernel_size(op, kernel_size);
+  const at::IntArrayRef st = stride.empty() ? kernel_size : stride;
+  check_pair(op, st, "stride", 1);
+  check_pair(op, padding, "padding", 0);
+  check_pair(op, dilation, "dilation", 1);
+  TORCH_CHECK(padding[0] <= kernel_size[0] / 2 && padding[1] <= kernel_size[1] / 2, "q8.", op,
+              ": padding must be at most half the kernel size, got padding ", padding, " for kernel_size ",
+              kernel_size);
+  PoolArgs a{kernel_size[0], kernel_size[1], st[0], st[1], padding[0], padding[1], dilation[0], dilation[1], {}, {}};
+  const auto out_size = [&](const c10::SymInt& in, int64_t k, int64_t s, int64_t p, int64_t d) {
+    const c10::SymInt num = in + 2 * p - d * (k - 1) - 1 + (ceil_mode ? s - 1 : 0);
+    // (floor division, as torch's div_rtn: num may be negative)
+    c10::SymInt o = (num >= 0 ? num / s : (num - (s - 1)) / s) + 1;
+    if (ceil_mode && (o - 1) * s >= in + p) {
+      o = o - 1;  // the last window must start inside the input or its left padding
+    }
+    return o;
+  };
+  const c10::SymInt H = input.sym_size(2), W = input.sym_size(3);
+  a.oh = out_size(H, a.kh, a.sh, a.ph, a.dh);
+  a.ow = out_size(W, a.kw, a.sw, a.pw, a.dw);
+  TORCH_CHECK(a.oh >= 1 && a.ow >= 1, "q8.", op, ": the output would be ", a.oh, " x ", a.ow, " for an input of ", H,
+              " x ", W, " (kernel_size ", kernel_size, ", stride ", st, ", padding ", padding, ", dilation ", dilation,
+              "): the input is too small");
+  return a;
+}
+
 void check_pack_conv_weight_args(const char* op, const at::Tensor& weight_int8, int64_t groups) {
   TORCH_CHECK(weight_int8.defined(), "q8.", op, ": weight_int8 must be a defined tensor");
   TORCH_CHECK(weight_int8.scalar_type() == at::kChar, "q8.", op, ": weight_int8 must be int8, got ",

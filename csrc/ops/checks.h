@@ -282,6 +282,19 @@ ConvArgs check_conv2d_args(const char* op, const at::Tensor& input, const at::Te
 // within the packed format's limits.
 void check_pack_conv_weight_args(const char* op, const at::Tensor& weight_int8, int64_t groups);
 
+// max_pool2d over uint8 codes: input uint8 4-D [N, C, H, W] (any layout); kernel_size
+// and dilation positive, stride positive or empty (= kernel_size), padding
+// non-negative and at most half the kernel (2 values each); the output size as
+// torch's max_pool2d (ceil_mode: rounded up, but the last window starts inside the
+// input or its left padding), at least 1.
+struct PoolArgs {
+  int64_t kh, kw, sh, sw, ph, pw, dh, dw;
+  c10::SymInt oh, ow;
+};
+PoolArgs check_max_pool2d_args(const char* op, const at::Tensor& input, at::IntArrayRef kernel_size,
+                               at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation,
+                               bool ceil_mode);
+
 // unpack_conv_weight: the container (1-D uint8) and the sizes (non-negative, groups
 // dividing out_channels).
 void check_unpack_conv_weight_args(const char* op, const at::Tensor& packed_weight, const c10::SymInt& out_channels,

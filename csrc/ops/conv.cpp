@@ -31,6 +31,14 @@ TORCH_LIBRARY_FRAGMENT(q8, m) {
       " Tensor? residual_scale=None, Tensor? residual_zero_point=None, float? clamp_min=None,"
       " float? clamp_max=None, Tensor? output_scale=None, Tensor? output_zero_point=None) -> Tensor",
       tags);
+  // Max pooling of uint8 codes (the max of codes is the code of the max: quantization
+  // is monotone), as aten::max_pool2d of their values; the output is channels_last
+  // uint8 with the input's qparams. Lets a max pool sit between int8 layers
+  // (q8.lower), as torch.ao's quantized max_pool2d does.
+  m.def(
+      "max_pool2d(Tensor input, int[2] kernel_size, int[2] stride=[], int[2] padding=0, int[2] dilation=1,"
+      " bool ceil_mode=False) -> Tensor",
+      tags);
 }
 
 at::Tensor pack_conv_weight(const at::Tensor& weight_int8, int64_t groups) {
@@ -68,6 +76,15 @@ at::Tensor conv2d(const at::Tensor& input, const at::Tensor& packed_weight, cons
   return op.call(input, packed_weight, weight_scale, bias, kernel_size, stride, padding, dilation, groups, activation,
                  input_scale, input_zero_point, residual, residual_scale, residual_zero_point, clamp_min, clamp_max,
                  output_scale, output_zero_point);
+}
+
+at::Tensor max_pool2d(const at::Tensor& input, at::IntArrayRef kernel_size, at::IntArrayRef stride,
+                      at::IntArrayRef padding, at::IntArrayRef dilation, bool ceil_mode) {
+  static auto op = c10::Dispatcher::singleton()
+                       .findSchemaOrThrow("q8::max_pool2d", "")
+                       .typed<at::Tensor(const at::Tensor&, at::IntArrayRef, at::IntArrayRef, at::IntArrayRef,
+                                         at::IntArrayRef, bool)>();
+  return op.call(input, kernel_size, stride, padding, dilation, ceil_mode);
 }
 
 } // namespace q8

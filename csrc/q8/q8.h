@@ -176,6 +176,13 @@ Q8_API at::Tensor conv2d(
     const std::optional<at::Tensor>& output_scale = std::nullopt,
     const std::optional<at::Tensor>& output_zero_point = std::nullopt);
 
+// Max pooling of uint8 codes [N, C, H, W] (any layout) -> channels_last uint8 with the
+// input's qparams: the codes of torch's max_pool2d of their values (quantization is
+// monotone). stride empty: kernel_size. Padding (at most half the kernel) never wins.
+Q8_API at::Tensor max_pool2d(const at::Tensor& input, at::IntArrayRef kernel_size, at::IntArrayRef stride = {},
+                             at::IntArrayRef padding = {0, 0}, at::IntArrayRef dilation = {1, 1},
+                             bool ceil_mode = false);
+
 // ---------------------------------------------------------------------------
 // Int8 embeddings
 // ---------------------------------------------------------------------------

@@ -75,6 +75,7 @@ from .lower import lower  # noqa: E402
 from .ops import (  # noqa: E402
     choose_qparams,
     conv2d,
+    max_pool2d,
     cpu_isa,
     cpu_isas,
     dequantize,
@@ -106,6 +107,7 @@ __all__ = [
     "calibrate",
     "choose_qparams",
     "conv2d",
+    "max_pool2d",
     "convert",
     "enable_fake_quant",
     "enable_observer",

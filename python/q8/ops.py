@@ -46,6 +46,7 @@ __all__ = [
     "pack_conv_weight",
     "unpack_conv_weight",
     "conv2d",
+    "max_pool2d",
 ]
 
 
@@ -462,6 +463,17 @@ def conv2d(
                                _pair(padding), _pair(dilation), groups, activation, input_scale, input_zero_point,
                                residual, residual_scale, residual_zero_point, clamp_min, clamp_max, output_scale,
                                output_zero_point)
+
+
+def max_pool2d(input: Tensor, kernel_size, stride=None, padding=0, dilation=1, ceil_mode: bool = False) -> Tensor:
+    """Max pooling of uint8 codes ``[N, C, H, W]`` (channels_last output, the input's qparams).
+
+    The codes of ``torch.nn.functional.max_pool2d`` of the dequantized values (quantization is monotone, so the
+    max of the codes is the code of the max), for the layout int8 convolutions write (torch's CPU ``max_pool2d``
+    refuses a channels_last uint8 input of more than 255 elements per sample). ``stride=None``: ``kernel_size``.
+    """
+    return torch.ops.q8.max_pool2d(input, _pair(kernel_size), [] if stride is None else _pair(stride),
+                                   _pair(padding), _pair(dilation), ceil_mode)
 
 
 # --- fake kernel of pack_conv_weight (its size depends on the device's layout) ---

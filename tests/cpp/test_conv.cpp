@@ -2,6 +2,7 @@
 // through the public C++ API: static-mode conv2d against a scalar reference (exact
 // integer accumulation, the float32 epilogue in the op's order) on every ISA
 // family, the pack / unpack round trip, and bad input.
+#include <algorithm>
 #include <cmath>
 #include <vector>
 
@@ -180,6 +181,51 @@ TEST(Conv2d, BadInputIsRefused) {
   tampered = packed.clone();
   tampered[200] = tampered[200].item<uint8_t>() ^ 1;
   Q8_EXPECT_ERROR(q8::unpack_conv_weight(tampered, 8, 4, {3, 3}, 1), "corrupt");
+}
+
+// q8::max_pool2d against a scalar max over each window's taps inside the input (0 where none is), for
+// NCHW and channels_last inputs, C below / above 16, ceil_mode, dilation.
+TEST(MaxPool2d, MatchesScalarReference) {
+  struct Case {
+    int64_t n, c, h, w, kh, kw, sh, sw, ph, pw, dh, dw;
+    bool ceil;
+  };
+  const std::vector<Case> cases = {{2, 64, 16, 16, 3, 3, 2, 2, 1, 1, 1, 1, false},
+                                   {1, 37, 9, 11, 3, 3, 2, 2, 1, 1, 1, 1, true},
+                                   {2, 5, 8, 9, 2, 3, 2, 1, 1, 1, 2, 1, true},
+                                   {1, 3, 3, 3, 2, 2, 2, 2, 1, 1, 4, 4, false},
+                                   {2, 4, 6, 3, 2, 2, 2, 2, 1, 1, 1, 4, false}};
+  for (const auto& k : cases) {
+    const auto x = torch::randint(0, 256, {k.n, k.c, k.h, k.w}, torch::kByte);
+    const auto out = q8::max_pool2d(x, {k.kh, k.kw}, {k.sh, k.sw}, {k.ph, k.pw}, {k.dh, k.dw}, k.ceil);
+    ASSERT_TRUE(out.is_contiguous(at::MemoryFormat::ChannelsLast));
+    const auto cl = q8::max_pool2d(x.contiguous(at::MemoryFormat::ChannelsLast), {k.kh, k.kw}, {k.sh, k.sw},
+                                   {k.ph, k.pw}, {k.dh, k.dw}, k.ceil);
+    EXPECT_TRUE(torch::equal(out, cl));
+    const auto xa = x.accessor<uint8_t, 4>();
+    const auto oa = out.accessor<uint8_t, 4>();
+    for (int64_t n = 0; n < k.n; ++n) {
+      for (int64_t c = 0; c < k.c; ++c) {
+        for (int64_t oy = 0; oy < out.size(2); ++oy) {
+          for (int64_t ox = 0; ox < out.size(3); ++ox) {
+            int m = 0;
+            for (int64_t i = 0; i < k.kh; ++i) {
+              for (int64_t j = 0; j < k.kw; ++j) {
+                const int64_t iy = oy * k.sh - k.ph + i * k.dh, ix = ox * k.sw - k.pw + j * k.dw;
+                if (iy >= 0 && iy < k.h && ix >= 0 && ix < k.w) {
+                  m = std::max(m, static_cast<int>(xa[n][c][iy][ix]));
+                }
+              }
+            }
+            ASSERT_EQ(oa[n][c][oy][ox], m) << n << " " << c << " " << oy << " " << ox;
+          }
+        }
+      }
+    }
+  }
+  Q8_EXPECT_ERROR(q8::max_pool2d(torch::randn({1, 2, 4, 4}), {2, 2}), "input must be uint8");
+  Q8_EXPECT_ERROR(q8::max_pool2d(torch::zeros({1, 2, 4, 4}, torch::kByte), {3, 3}, {1, 1}, {2, 2}),
+                  "padding must be at most half");
 }
 
 } // namespace

@@ -530,3 +530,70 @@ def test_long_k_int64_fallback():
     sc, zp = torch.tensor(1.0), torch.tensor(0)
     out = qops.conv2d(x, qops.pack_conv_weight(w8, 1), ws, None, 3, 1, 0, 1, 1, "static", sc, zp)
     assert_bits(out, ref.conv2d(x, w8, ws, None, 1, 0, 1, 1, "static", sc, zp))
+
+
+# q8.max_pool2d: uint8 codes, the codes of torch's max_pool2d of their values (a window with no tap inside the input,
+# possible with a large dilation, is torch's -inf: code 0). (N, C, H, W, kernel, stride, padding, dilation, ceil_mode)
+POOLS = [
+    (2, 64, 16, 16, (3, 3), (2, 2), (1, 1), (1, 1), False),   # the ResNet stem's max pool
+    (3, 37, 9, 11, (3, 3), (2, 2), (1, 1), (1, 1), True),     # C not a multiple of 16, ceil_mode
+    (1, 130, 7, 8, (2, 2), None, (0, 0), (1, 1), False),      # stride = kernel_size
+    (2, 5, 8, 9, (2, 3), (2, 1), (1, 1), (2, 1), True),       # asymmetric, dilated
+    (1, 16, 5, 5, (1, 1), (2, 2), (0, 0), (1, 1), False),     # 1x1: a strided copy
+    (1, 3, 3, 3, (2, 2), (2, 2), (1, 1), (4, 4), False),      # windows with no tap inside: code 0
+    (2, 4, 6, 3, (2, 2), (2, 2), (1, 1), (1, 4), False),      # ... no column inside, rows inside
+    (2, 7, 6, 5, (3, 3), (1, 1), (1, 1), (1, 1), True),       # stride 1
+]
+
+
+def pool_reference(x, kernel, stride, padding, dilation, ceil_mode):
+    y = F.max_pool2d(x.float(), kernel, stride, padding, dilation, ceil_mode)
+    return torch.where(torch.isinf(y), torch.zeros_like(y), y).to(torch.uint8)
+
+
+@pytest.mark.parametrize("case", POOLS)
+def test_max_pool2d_matches_torch_on_codes(case):
+    n, c, h, w, k, s, p, d, ceil_mode = case
+    gen = torch.Generator().manual_seed(21)
+    x = torch.randint(0, 256, (n, c, h, w), generator=gen, dtype=torch.uint8)
+    expected = pool_reference(x, k, s, p, d, ceil_mode)
+    layouts = [x, x.contiguous(memory_format=torch.channels_last),
+               torch.randint(0, 256, (n, c, h, 2 * w), generator=gen, dtype=torch.uint8)[..., ::2]]  # strided
+    for i, xi in enumerate(layouts):
+        if i == 2:
+            expected = pool_reference(xi, k, s, p, d, ceil_mode)
+        for isa in each_isa():  # (SSE2 / portable, and 32-byte vectors from AVX2 on)
+            out = qops.max_pool2d(xi, k, s, p, d, ceil_mode)
+            assert out.dtype == torch.uint8 and out.is_contiguous(memory_format=torch.channels_last)
+            assert_bits(out, expected)
+    if case[5] == (1, 1) and case[4] == (2, 2):
+        assert bool((out == 0).any())  # the windows with no tap inside
+
+
+@pytest.mark.filterwarnings("ignore:torch.quantize_per_tensor:UserWarning")
+def test_max_pool2d_is_the_code_of_the_max_and_empty_shapes():
+    # with a scale and zero point: dequantize(pool(codes)) == pool(dequantize(codes))
+    gen = torch.Generator().manual_seed(22)
+    xf = torch.randn(2, 8, 10, 10, generator=gen)
+    q = torch.quantize_per_tensor(xf, 0.03, 100, torch.quint8)
+    out = qops.max_pool2d(q.int_repr(), 3, 2, 1)
+    assert torch.equal((out.float() - 100) * 0.03, F.max_pool2d(q.dequantize(), 3, 2, 1))
+    assert torch.equal(out, torch.ops.quantized.max_pool2d(q, [3, 3], [2, 2], [1, 1], [1, 1], False).int_repr())
+    assert qops.max_pool2d(torch.zeros(0, 4, 6, 6, dtype=torch.uint8), 2).shape == (0, 4, 3, 3)
+    assert qops.max_pool2d(torch.zeros(2, 0, 6, 6, dtype=torch.uint8), 2).shape == (2, 0, 3, 3)
+
+
+def test_max_pool2d_bad_inputs():
+    x = torch.randint(0, 256, (1, 4, 6, 6), dtype=torch.uint8)
+    for call, msg in [
+        (lambda: qops.max_pool2d(x.float(), 2), "input must be uint8"),
+        (lambda: qops.max_pool2d(x[0], 2), "input must be 4-D"),
+        (lambda: qops.max_pool2d(x, 3, 1, 2), "padding must be at most half the kernel size"),
+        (lambda: qops.max_pool2d(x, 2, 0), "stride must be positive"),
+        (lambda: qops.max_pool2d(x, 0), "kernel_size must be positive"),
+        (lambda: qops.max_pool2d(x, 2, 1, 0, 0), "dilation must be positive"),
+        (lambda: qops.max_pool2d(x, 7), "the input is too small"),
+        (lambda: torch.ops.q8.max_pool2d(x, [2, 2, 2]), "kernel_size must have 2 values"),
+    ]:
+        with pytest.raises(RuntimeError, match=msg):
+            call()

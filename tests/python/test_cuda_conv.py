@@ -314,3 +314,16 @@ def test_cuda_graph_capture_and_replay(shape, activation):
         graph.replay()
         torch.cuda.synchronize()
         assert_same(y_static, conv2d(x_new, pack(w8d, g), wsd, bd, **geo, **kw, clamp_min=0.0))
+
+
+def test_max_pool2d_cuda_matches_cpu():
+    # the CPU op is checked against torch's max_pool2d in test_conv_op.py; CUDA gives the same codes
+    from test_conv_op import POOLS
+    gen = torch.Generator().manual_seed(23)
+    for n, c, h, w, k, s, p, d, ceil_mode in POOLS:
+        x = torch.randint(0, 256, (n, c, h, w), generator=gen, dtype=torch.uint8)
+        expected = q8.max_pool2d(x, k, s, p, d, ceil_mode)
+        for xi in (x, x.contiguous(memory_format=torch.channels_last)):
+            out = q8.max_pool2d(xi.to(DEV), k, s, p, d, ceil_mode)
+            assert out.device.type == "cuda" and out.is_contiguous(memory_format=torch.channels_last)
+            assert torch.equal(out.cpu(), expected)

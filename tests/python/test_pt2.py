@@ -152,6 +152,10 @@ def sample_inputs(device, requires_grad):
         (OPS.conv2d.default, (cx, dpk, cs[:6], None, [3, 3], [1, 1], [1, 1], [1, 1], 6, "static", t_(0.05),
                               t_(128, torch.int32), torch.randn(2, 6, 7, 5, device=device), None, None, None, None,
                               None, None)),
+        (OPS.max_pool2d.default, (torch.randint(0, 256, (2, 6, 7, 5), dtype=torch.uint8, device=device), [3, 3],
+                                  [2, 2], [1, 1], [1, 1], False)),
+        (OPS.max_pool2d.default, (torch.randint(0, 256, (1, 3, 9, 8), dtype=torch.uint8, device=device).contiguous(
+            memory_format=torch.channels_last), [2, 3], [], [0, 1], [2, 1], True)),
     ]
     return samples
 
@@ -182,7 +186,7 @@ def test_ops_carry_pt2_compliant_tag():
                  "quantize_weight", "pack_weight", "unpack_weight", "int8_mm", "linear", "linear_grad_input",
                  "observe_fake_quantize",
                  "histogram_observe", "histogram_qparams", "embedding", "embedding_bag",
-                 "pack_conv_weight", "unpack_conv_weight", "conv2d"]:
+                 "pack_conv_weight", "unpack_conv_weight", "conv2d", "max_pool2d"]:
         assert torch.Tag.pt2_compliant_tag in getattr(OPS, name).default.tags, name
 
 

@@ -14,6 +14,7 @@ TORCH_LIBRARY_IMPL(q8, Autograd, m) {
   m.impl("pack_conv_weight", torch::autograd::autogradNotImplementedFallback());
   m.impl("unpack_conv_weight", torch::autograd::autogradNotImplementedFallback());
   m.impl("conv2d", torch::autograd::autogradNotImplementedFallback());
+  m.impl("max_pool2d", torch::autograd::autogradNotImplementedFallback());  // (uint8: no gradient)
 }
 
 } // namespace q8::autograd

@@ -38,11 +38,20 @@ at::Tensor conv2d_meta(const at::Tensor& input, const at::Tensor& packed, const 
                           input.options().dtype(dt).memory_format(at::MemoryFormat::ChannelsLast));
 }
 
+at::Tensor max_pool2d_meta(const at::Tensor& input, at::IntArrayRef kernel_size, at::IntArrayRef stride,
+                           at::IntArrayRef padding, at::IntArrayRef dilation, bool ceil_mode) {
+  const detail::PoolArgs a =
+      detail::check_max_pool2d_args("max_pool2d", input, kernel_size, stride, padding, dilation, ceil_mode);
+  return at::empty_symint({input.sym_size(0), input.sym_size(1), a.oh, a.ow},
+                          input.options().memory_format(at::MemoryFormat::ChannelsLast));
+}
+
 } // namespace
 
 TORCH_LIBRARY_IMPL(q8, Meta, m) {
   m.impl("unpack_conv_weight", &unpack_conv_weight_meta);
   m.impl("conv2d", &conv2d_meta);
+  m.impl("max_pool2d", &max_pool2d_meta);
 }
 
 } // namespace q8::meta
