@@ -6,12 +6,13 @@ next one quantizes it again with its ``input_scale`` / ``input_zero_point``.
 ``q8.lower(model)`` rewrites a copy of the model (``torch.fx``) so that
 
 * a convolution whose output is only read by static int8 convolutions (as their input
-  or as their residual), possibly through ``nn.Identity``, writes uint8 codes directly: its ``output_scale`` /
-  ``output_zero_point`` become its consumers' input qparams (all of them must agree,
+  or as their residual), possibly through ``nn.Identity`` and max pooling, writes uint8 codes directly: its
+  ``output_scale`` / ``output_zero_point`` become its consumers' input qparams (all of them must agree,
   else it stays float). The requantization formula of the producer's epilogue is the
   one the consumer applies to a float input, so the consumer sees the same codes, bit
-  for bit (max pooling would be exact on codes too, but torch cannot max-pool large
-  channels_last uint8 tensors: see :func:`_preserves_codes`);
+  for bit; a max pool on the way (``nn.MaxPool2d``, ``F.max_pool2d``) becomes
+  ``q8.max_pool2d`` on the codes, exact too (quantization is monotone: the max of the
+  codes is the code of the max, see :func:`_preserves_codes`);
 * a conv read only by a ReLU / ReLU6 / Hardtanh gets it as its ``clamp_min`` /
   ``clamp_max`` (the same comparisons in float32; composed with a clamp it already has);
 * ``add(conv_out, other)`` or ``add(other, conv_out)`` (``+``, ``+=``, ``torch.add``,
@@ -155,17 +156,55 @@ def _clamp_of(gm: torch.fx.GraphModule, node: torch.fx.Node):
     return None
 
 
-def _preserves_codes(gm: torch.fx.GraphModule, node: torch.fx.Node, src: torch.fx.Node) -> bool:
-    """True when ``node`` passes uint8 codes of ``src`` through unchanged (nn.Identity).
+_MAX_POOL_FUNCS = (F.max_pool2d, torch.max_pool2d)
 
-    Max pooling would commute with the quantization (exact on codes), but torch's CPU
-    ``max_pool2d`` refuses channels_last uint8 input of more than 255 elements per sample
-    (seen with torch 2.13: [1, 2, 16, 16] channels_last fails, NCHW works), and the int8
-    convolutions write channels_last: a max pool stays float.
-    """
+
+def _max_pool_args(gm: torch.fx.GraphModule, node: torch.fx.Node, src: torch.fx.Node):
+    """(kernel_size, stride, padding, dilation, ceil_mode) as ``q8.max_pool2d`` takes them when ``node`` is a
+    2-D max pool of ``src`` without indices and with constant arguments, else None."""
     if node.op == "call_module":
-        return type(gm.get_submodule(node.target)) is nn.Identity and node.args[0] is src
-    return False
+        m = gm.get_submodule(node.target)
+        if type(m) is not nn.MaxPool2d or m.return_indices or len(node.args) != 1 or node.kwargs:
+            return None
+        bound = dict(kernel_size=m.kernel_size, stride=m.stride, padding=m.padding, dilation=m.dilation,
+                     ceil_mode=m.ceil_mode)
+    elif node.op == "call_function" and node.target in _MAX_POOL_FUNCS:
+        names = ("input", "kernel_size", "stride", "padding", "dilation", "ceil_mode", "return_indices")
+        if len(node.args) > len(names) or any(k not in names for k in node.kwargs):
+            return None
+        bound = dict(zip(names, node.args), **node.kwargs)
+        if bound.get("return_indices", False) is not False or "kernel_size" not in bound:
+            return None
+        bound.pop("return_indices", None)
+    else:
+        return None
+    if node.args[0] is not src and bound.get("input") is not src:
+        return None
+    bound.pop("input", None)
+
+    def pair(v):
+        if isinstance(v, int) and not isinstance(v, bool):
+            return [v, v]
+        if isinstance(v, (tuple, list)) and len(v) in (1, 2) and all(type(e) is int for e in v):
+            return [int(v[0]), int(v[-1])]
+        raise TypeError
+
+    try:
+        stride = bound.get("stride")
+        return (pair(bound["kernel_size"]), [] if stride is None or stride == [] or stride == () else pair(stride),
+                pair(bound.get("padding", 0)), pair(bound.get("dilation", 1)), bool(bound.get("ceil_mode", False)))
+    except TypeError:  # a non-constant argument (a graph node) or an unexpected form
+        return None
+
+
+def _preserves_codes(gm: torch.fx.GraphModule, node: torch.fx.Node, src: torch.fx.Node) -> bool:
+    """True when ``node`` passes uint8 codes of ``src`` through (nn.Identity) or computes the codes of its float
+    result from them (a 2-D max pool, which the lowering then makes ``q8.max_pool2d``: torch's CPU
+    ``max_pool2d`` refuses the channels_last uint8 tensors int8 convolutions write beyond 255 elements per
+    sample)."""
+    if node.op == "call_module" and type(gm.get_submodule(node.target)) is nn.Identity:
+        return node.args[0] is src
+    return _max_pool_args(gm, node, src) is not None
 
 
 def _order(gm: torch.fx.GraphModule) -> Dict[torch.fx.Node, int]:
@@ -316,6 +355,7 @@ def _lower_graph(gm: torch.fx.GraphModule, report: List[str]) -> None:
             continue
         qparams = []
         residual_readers = []
+        pools = []  # (max pool node, its input) on the way
         ok = True
         reason = ""
         stack = [node]
@@ -339,6 +379,8 @@ def _lower_graph(gm: torch.fx.GraphModule, report: List[str]) -> None:
                             residual_readers.append(reader)
                         continue
                 if _preserves_codes(gm, user, src):
+                    if _max_pool_args(gm, user, src) is not None:
+                        pools.append((user, src))
                     stack.append(user)
                     continue
                 ok = False
@@ -363,9 +405,16 @@ def _lower_graph(gm: torch.fx.GraphModule, report: List[str]) -> None:
         for reader in residual_readers:
             reader.residual_scale = scale.clone()
             reader.residual_zero_point = zp.clone()
+        for pool, src in pools:
+            args = _max_pool_args(gm, pool, src)
+            with graph.inserting_after(pool):
+                qpool = graph.call_function(torch.ops.q8.max_pool2d, (src,) + tuple(args))  # (the packet: scriptable)
+            pool.replace_all_uses_with(qpool)
+            graph.erase_node(pool)
         report.append(f"{node.target}: uint8 output (scale {s:.6g}, zero point {z}) read by "
                       + ", ".join(q[0] for q in qparams)
-                      + (f" and as residual by {len(residual_readers)} layer(s)" if residual_readers else ""))
+                      + (f" and as residual by {len(residual_readers)} layer(s)" if residual_readers else "")
+                      + (f", through {len(pools)} max pool(s) on the codes (q8.max_pool2d)" if pools else ""))
     graph.lint()
     gm.recompile()
 

@@ -102,6 +102,27 @@ class MobileNetV2Style(nn.Module):
         return self.head(x).mean((2, 3))
 
 
+class ResNetMaxPool(nn.Module):
+    """torchvision's ResNet stem: conv-BN-ReLU, then a 3x3 stride-2 max pool (module or functional), then blocks
+    whose first residual is the max pool's output."""
+
+    def __init__(self, functional=False):
+        super().__init__()
+        self.functional = functional
+        self.conv1 = nn.Conv2d(3, 16, 7, stride=2, padding=3, bias=False)
+        self.bn1 = nn.BatchNorm2d(16)
+        self.relu = nn.ReLU(inplace=True)
+        self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
+        self.layer1 = nn.Sequential(BasicBlock(16, 16, 1), BasicBlock(16, 16, 1))
+        self.fc = nn.Linear(16, 10)
+
+    def forward(self, x):
+        x = self.relu(self.bn1(self.conv1(x)))
+        x = F.max_pool2d(x, 3, 2, 1) if self.functional else self.maxpool(x)
+        x = self.layer1(x)
+        return self.fc(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
+
+
 def record(gm):
     """Forward hooks on the lowered Int8Conv2d layers: name -> (args, output)."""
     seen = {}
@@ -208,6 +229,48 @@ def test_script_export_compile_of_lowered():
     assert torch.equal(ep.module()(x), y)
     torch._dynamo.reset()
     assert torch.equal(torch.compile(gm, fullgraph=True, backend="aot_eager")(x), y)
+
+
+@pytest.mark.parametrize("functional", [False, True])
+def test_max_pool_between_int8_layers(functional):
+    model = ResNetMaxPool(functional).eval()
+    with torch.no_grad():
+        for p_ in model.bn1.parameters():
+            p_.uniform_(0.5, 1.5)
+    conv, gm, x, y, seen = lowered_case(model, (2, 3, 32, 32))
+    report = "\n".join(gm.q8_lowering_report)
+    # the stem writes uint8 codes, the max pool runs on them, and its output is layer1.0's input and residual
+    assert "conv1: uint8 output" in report and "through 1 max pool(s) on the codes (q8.max_pool2d)" in report, report
+    pools = [n for n in gm.graph.nodes if n.op == "call_function" and n.target is torch.ops.q8.max_pool2d]
+    assert len(pools) == 1 and pools[0].args[1:] == ([3, 3], [2, 2], [1, 1], [1, 1], False), gm.code
+    assert not any(n.op == "call_module" and isinstance(gm.get_submodule(n.target), nn.MaxPool2d)
+                   or n.target is F.max_pool2d for n in gm.graph.nodes), gm.code
+    assert seen["conv1"][1].dtype == torch.uint8
+    assert seen["layer1.0.conv1"][0][0].dtype == torch.uint8 and seen["layer1.0.conv2"][0][1].dtype == torch.uint8
+    assert torch.equal(seen["layer1.0.conv1"][0][0], q8.max_pool2d(seen["conv1"][1], 3, 2, 1))
+    ref = conv(x)
+    assert (y - ref).abs().max() <= RESIDUAL_TOL * ref.abs().max(), (y - ref).abs().max()
+    assert torch.equal(torch.jit.script(gm)(x), y)
+    assert torch.equal(torch.export.export(gm, (x,)).module()(x), y)
+
+
+def test_max_pool_read_by_a_float_op_stays_float():
+    class PoolTwice(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 8, 3, padding=1)
+            self.pool = nn.MaxPool2d(2)
+            self.conv2 = nn.Conv2d(8, 8, 3, padding=1)
+
+        def forward(self, x):
+            p = self.pool(torch.relu(self.conv(x)))
+            return self.conv2(p) - p.mean()  # the pooled tensor is also read by a float op
+
+    conv, gm, x, y, seen = lowered_case(PoolTwice(), (2, 3, 8, 8))
+    report = "\n".join(gm.q8_lowering_report)
+    assert "conv: float output (read by call_method mean)" in report, report
+    assert seen["conv"][1].dtype == torch.float32
+    assert torch.equal(y, conv(x))
 
 
 def test_float_stays_float_where_it_must():
