@@ -1523,27 +1523,17 @@ void build_row_ptrs(const uint8_t* xq, const Geometry& G, int64_t g, const uint8
         }
         continue;
       }
-      // a border row: tap (i, j) is inside where both its input row and column are
-      if (G.cg4 == G.cg || base[r] + tap_off[taps - 1] + G.cg4 <= end) {  // (no tail slot: a select per tap)
-        for (int64_t i = 0; i < G.kh; ++i) {
-          const int64_t y = ry[r] + i * G.dh;
-          const bool yin = y >= 0 && y < G.h;
-          for (int64_t j = 0; j < G.kw; ++j) {
-            const int64_t xx = rx[r] + j * G.dw;
-            const int64_t t = i * G.kw + j;
-            pp[t * R + r] = (yin & (xx >= 0) & (xx < G.w)) ? base[r] + tap_off[t] : zp_row;
-          }
-        }
-        continue;
-      }
+      // a border row: tap (i, j) is inside where both its input row and column are (a
+      // tail slot only where the row's last tap would read past the end)
+      const bool no_tail = G.cg4 == G.cg || base[r] + tap_off[taps - 1] + G.cg4 <= end;
       for (int64_t i = 0; i < G.kh; ++i) {
         const int64_t y = ry[r] + i * G.dh;
         const bool yin = y >= 0 && y < G.h;
         for (int64_t j = 0; j < G.kw; ++j) {
           const int64_t xx = rx[r] + j * G.dw;
           const int64_t t = i * G.kw + j;
-          const uint8_t* q = yin && xx >= 0 && xx < G.w ? base[r] + tap_off[t] : zp_row;
-          pp[t * R + r] = G.cg4 == G.cg || q == zp_row ? q : in_bounds(q);
+          const uint8_t* q = (yin & (xx >= 0) & (xx < G.w)) ? base[r] + tap_off[t] : zp_row;
+          pp[t * R + r] = no_tail || q == zp_row ? q : in_bounds(q);
         }
       }
     }
