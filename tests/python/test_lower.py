@@ -273,6 +273,36 @@ def test_max_pool_read_by_a_float_op_stays_float():
     assert torch.equal(y, conv(x))
 
 
+@pytest.mark.parametrize("kind", ["scalar", "per_channel", "per_sample_relu"])
+def test_add_of_a_broadcast_tensor(kind):
+    # conv(x) + t where t broadcasts: fx cannot see shapes, so the add is fused as a residual; the layer then
+    # adds it after the op (the op takes only residuals of the output's shape), as eager does: same result,
+    # also with a fused ReLU and uint8 output.
+    class Model(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.c1 = nn.Conv2d(3, 8, 3, padding=1)
+            self.c2 = nn.Conv2d(8, 8, 3, padding=1)
+            self.c3 = nn.Conv2d(8, 4, 1)
+
+        def forward(self, x):
+            y = torch.relu(self.c1(x))
+            if kind == "scalar":
+                return self.c3(self.c2(y) + y.mean())
+            if kind == "per_channel":
+                return self.c3(self.c2(y) + y.mean((0, 2, 3), keepdim=True))
+            return self.c3(torch.relu(self.c2(y) + y.mean((2, 3), keepdim=True)))
+
+    conv = converted(Model(), (2, 3, 8, 8))
+    gm = lower(conv)
+    report = "\n".join(gm.q8_lowering_report)
+    assert "c2: fused the residual add" in report and "c2: uint8 output" in report, report
+    x = torch.randn(2, 3, 8, 8)
+    y = gm(x)
+    assert torch.equal(y, conv(x))
+    assert torch.equal(torch.jit.script(gm)(x), y)
+
+
 def test_float_stays_float_where_it_must():
     class TwoReaders(nn.Module):
         def __init__(self):

@@ -354,6 +354,14 @@ class Int8Conv2d(torch.nn.Module):
                 x = F.pad(x, self._pre_pad, mode=self._pre_pad_mode)
         if self.activation == "weight_only":
             return self._weight_only(x, residual)
+        if residual is not None and not self._residual_fits(x, residual):
+            # A residual of another shape (q8.lower fused ``conv(x) + t`` where t broadcasts, e.g.
+            # a per-sample mean): the op takes only the output's shape, so the add, the clamp and
+            # the requantization run after it, as eager's ops would.
+            y = torch.ops.q8.conv2d(x, self.packed_weight, weight_scale, bias, self.kernel_size, self.stride,
+                                    self.padding, self.dilation, self.groups, self.activation, input_scale,
+                                    input_zero_point, None, None, None, None, None, None, None)
+            return self._epilogue_after(y, residual)
         return torch.ops.q8.conv2d(x, self.packed_weight, weight_scale, bias, self.kernel_size, self.stride,
                                    self.padding, self.dilation, self.groups, self.activation, input_scale,
                                    input_zero_point, residual, residual_scale, residual_zero_point, self.clamp_min,
@@ -376,6 +384,15 @@ class Int8Conv2d(torch.nn.Module):
         y = self._weight_only(x, residual)
         return y.squeeze(2) if self._one_d else y
 
+    def _residual_fits(self, x: Tensor, residual: Tensor) -> bool:
+        """Whether residual has the conv output's shape [N, OC, OH, OW] (x: the op's 4-D input)."""
+        if residual.dim() != 4 or x.dim() != 4:
+            return False
+        oh = (x.size(2) + 2 * self.padding[0] - self.dilation[0] * (self.kernel_size[0] - 1) - 1) // self.stride[0] + 1
+        ow = (x.size(3) + 2 * self.padding[1] - self.dilation[1] * (self.kernel_size[1] - 1) - 1) // self.stride[1] + 1
+        return residual.size(0) == x.size(0) and residual.size(1) == self.out_channels and \
+            residual.size(2) == oh and residual.size(3) == ow
+
     def _weight_only(self, x: Tensor, residual: Optional[Tensor]) -> Tensor:
         if x.dtype == torch.uint8:
             s = self.input_scale
@@ -390,6 +407,11 @@ class Int8Conv2d(torch.nn.Module):
         if b is not None:
             b = b.to(x.dtype)
         y = F.conv2d(x, w, b, self.stride, self.padding, self.dilation, self.groups)
+        return self._epilogue_after(y, residual)
+
+    def _epilogue_after(self, y: Tensor, residual: Optional[Tensor]) -> Tensor:
+        # The epilogue's steps after bias, on a float conv output y: + residual (broadcast as
+        # eager's add), clamp, requantization to uint8 codes, in the op's float32 formulas.
         if residual is not None:
             if residual.dtype == torch.uint8:
                 rs = self.residual_scale
