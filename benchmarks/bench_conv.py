@@ -43,6 +43,7 @@ run; a part this q8 does not have yet (no CPU kernel for q8::conv2d, no q8.lower
 """
 import argparse
 import copy
+import inspect
 import os
 import statistics
 import sys
@@ -326,7 +327,14 @@ def build_models(make, calib):
     elif isinstance(models["q8 static"], Exception):
         models["q8 lowered"] = models["q8 static"]
     else:
-        attempt("q8 lowered", lambda: lower(copy.deepcopy(models["q8 static"])))
+        def lowered():
+            # the calibration batches also give the residual-only shortcuts their qparams (a q8
+            # before lower's calibration_data: without)
+            if "calibration_data" in inspect.signature(lower).parameters:
+                return lower(copy.deepcopy(models["q8 static"]), calibration_data=calib)
+            return lower(copy.deepcopy(models["q8 static"]))
+
+        attempt("q8 lowered", lowered)
     attempt("q8 dynamic", lambda: q8.quantize_dynamic(copy.deepcopy(model)).eval())
 
     def ao_fx():

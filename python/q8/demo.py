@@ -283,8 +283,9 @@ def build_qat(float_model, ctx):
 
 
 def build_lowered(float_model, ctx):
-    """The static PTQ model through ``q8.lower``: uint8 tensors between consecutive int8 layers."""
-    return q8.lower(build_static(float_model, ctx)).eval()
+    """The static PTQ model through ``q8.lower``: uint8 tensors between consecutive int8 layers (the calibration
+    batches give a residual-only shortcut its qparams)."""
+    return q8.lower(build_static(float_model, ctx), calibration_data=ctx["calib_batches"]).eval()
 
 
 def build_torch_ao(float_model, ctx):

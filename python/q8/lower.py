@@ -57,7 +57,7 @@ import copy
 import logging
 import operator
 import warnings
-from typing import Dict, List, Optional, Set
+from typing import Dict, Iterable, List, Optional, Set, Tuple
 
 import torch
 import torch.fx
@@ -235,7 +235,8 @@ def _inplace_ok(gm: torch.fx.GraphModule, add: torch.fx.Node, conv_node: torch.f
     return ""
 
 
-def _lower_graph(gm: torch.fx.GraphModule, report: List[str]) -> None:
+def _lower_graph(gm: torch.fx.GraphModule, report: List[str], ranges: Optional[Dict[int, Tuple[float, float]]] = None
+                 ) -> None:
     graph = gm.graph
     _erase_identities(gm, report)
     calls: Dict[str, int] = {}
@@ -389,8 +390,18 @@ def _lower_graph(gm: torch.fx.GraphModule, report: List[str]) -> None:
         if not ok:
             report.append(f"{node.target}: float output ({reason})")
             continue
+        observed = ""
+        if not qparams and residual_readers and ranges is not None and id(conv) in ranges:
+            # read only as a residual (a ResNet downsampling shortcut): the range observed on
+            # lower's calibration_data gives its codes' qparams
+            lo, hi = ranges[id(conv)]
+            s_t, z_t = torch.ops.q8.choose_qparams(torch.tensor([lo, hi], dtype=torch.float32), 0, 255, False, None)
+            qparams = [("", float(s_t), int(z_t))]
+            observed = ", from the output range seen on calibration_data"
         if not qparams:
-            report.append(f"{node.target}: float output (no int8 convolution reads it as its input)")
+            report.append(f"{node.target}: float output (no int8 convolution reads it as its input"
+                          + ("; read as a residual: q8.lower(model, calibration_data) would requantize it)"
+                             if residual_readers and ranges is None else ")"))
             continue
         if any(q[1:] != qparams[0][1:] for q in qparams):
             report.append(f"{node.target}: float output (its readers' input qparams differ: "
@@ -411,15 +422,17 @@ def _lower_graph(gm: torch.fx.GraphModule, report: List[str]) -> None:
                 qpool = graph.call_function(torch.ops.q8.max_pool2d, (src,) + tuple(args))  # (the packet: scriptable)
             pool.replace_all_uses_with(qpool)
             graph.erase_node(pool)
-        report.append(f"{node.target}: uint8 output (scale {s:.6g}, zero point {z}) read by "
-                      + ", ".join(q[0] for q in qparams)
-                      + (f" and as residual by {len(residual_readers)} layer(s)" if residual_readers else "")
+        readers = ", ".join(q[0] for q in qparams if q[0])
+        report.append(f"{node.target}: uint8 output (scale {s:.6g}, zero point {z}{observed}) read "
+                      + (f"by {readers}" if readers else "")
+                      + (f"{' and ' if readers else ''}as residual by {len(residual_readers)} layer(s)"
+                         if residual_readers else "")
                       + (f", through {len(pools)} max pool(s) on the codes (q8.max_pool2d)" if pools else ""))
     graph.lint()
     gm.recompile()
 
 
-def _lower_module(model: nn.Module, name: str, report: List[str]):
+def _lower_module(model: nn.Module, name: str, report: List[str], ranges=None):
     try:
         graph = _Q8Tracer().trace(model)
     except Exception as e:  # fx raises many types (TraceError, TypeError, NotImplementedError...)
@@ -433,28 +446,78 @@ def _lower_module(model: nn.Module, name: str, report: List[str]):
         report.append(msg + "lowering its children one by one")
         warnings.warn(msg + "lowering its children one by one (int8 tensors flow only inside each)")
         for child_name, child in children:
-            setattr(model, child_name, _lower_module(child, f"{name}.{child_name}" if name else child_name, report))
+            setattr(model, child_name,
+                    _lower_module(child, f"{name}.{child_name}" if name else child_name, report, ranges))
         return model
     gm = torch.fx.GraphModule(model, graph, class_name=type(model).__name__)
     sub: List[str] = []
-    _lower_graph(gm, sub)
+    _lower_graph(gm, sub, ranges)
     report.extend(f"{name}.{line}" if name else line for line in sub)
     return gm
 
 
-def lower(model: nn.Module) -> torch.fx.GraphModule:
+def _observe_outputs(model: nn.Module, calibration_data: Iterable) -> Dict[int, Tuple[float, float]]:
+    """The finite min / max of each static Int8Conv2d's float output over ``calibration_data`` (batches as
+    :func:`q8.calibrate` takes them: input tensors, or tuples / lists whose first element is the input), keyed
+    by the module's id."""
+    ranges: Dict[int, Tuple[float, float]] = {}
+
+    def hook(mod, args, out):
+        if isinstance(out, torch.Tensor) and out.is_floating_point() and out.numel() > 0:
+            v = out.detach().float()
+            v = v[torch.isfinite(v)]
+            if v.numel() > 0:
+                lo, hi = float(v.min()), float(v.max())
+                old = ranges.get(id(mod))
+                ranges[id(mod)] = (lo, hi) if old is None else (min(old[0], lo), max(old[1], hi))
+
+    handles = [m.register_forward_hook(hook) for m in model.modules()
+               if isinstance(m, Int8Conv2d) and m.activation == "static"]
+    was_training = model.training
+    model.eval()
+    seen = 0
+    try:
+        with torch.no_grad():
+            device = next((t.device for t in list(model.parameters()) + list(model.buffers())), None)
+            for batch in calibration_data:
+                if isinstance(batch, (tuple, list)):
+                    if not batch:
+                        raise ValueError("q8.lower: calibration_data holds an empty batch tuple")
+                    batch = batch[0]
+                if isinstance(batch, torch.Tensor) and device is not None:
+                    batch = batch.to(device)
+                model(batch)
+                seen += 1
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(was_training)
+    if seen == 0:
+        raise ValueError("q8.lower: calibration_data holds no input")
+    return ranges
+
+
+def lower(model: nn.Module, calibration_data: Optional[Iterable] = None) -> torch.fx.GraphModule:
     """A copy of ``model`` in which int8 convolutions pass uint8 tensors to each other (see the module doc).
 
     ``model`` (a model converted by :func:`q8.convert`, static ``Int8Conv2d`` layers with
     input qparams) is not changed. Returns a ``torch.fx.GraphModule`` (float input, float
     output) with a ``q8_lowering_report`` attribute listing each decision; for a model fx
     cannot trace, the copied model with its traceable children lowered (and a warning).
+
+    ``calibration_data`` (optional; batches as :func:`q8.calibrate` takes them, e.g. the same
+    ones: input tensors, or ``(input, target)`` tuples): a conv whose output no int8
+    layer reads as its input but some read as their *residual* (a ResNet block's downsampling
+    shortcut) has no calibrated qparams to write uint8 with; with ``calibration_data`` the
+    copy is run on them, and such a conv writes uint8 codes of the output range seen there
+    (min / max, the range including 0), which its readers take as their residual.
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"q8.lower: model must be a torch.nn.Module, got {type(model).__name__}")
     model = copy.deepcopy(model)
+    ranges = None if calibration_data is None else _observe_outputs(model, calibration_data)
     report: List[str] = []
-    out = _lower_module(model, "", report)
+    out = _lower_module(model, "", report, ranges)
     for line in report:
         _log.info("%s", line)
     out.q8_lowering_report = report

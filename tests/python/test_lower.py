@@ -201,11 +201,47 @@ def test_resnet_style():
     # adds are gone; every conv writes uint8 but the last (it feeds the float pooling) and the
     # downsampling shortcut (read only as a residual: no reader's input qparams to requantize to)
     assert not _add_nodes(gm), gm.code
-    assert "layer2.0.down: float output (no int8 convolution reads it as its input)" in report
+    assert "layer2.0.down: float output (no int8 convolution reads it as its input; read as a residual: " \
+        "q8.lower(model, calibration_data) would requantize it)" in report
     assert uint8_layers(seen) == sorted(n for n in seen if n not in ("layer2.1.conv2", "layer2.0.down")), report
     assert seen["layer1.1.conv2"][0][1].dtype == torch.uint8  # a uint8 residual
     ref = conv(x)
     assert (y - ref).abs().max() <= RESIDUAL_TOL * ref.abs().max(), (y - ref).abs().max()
+
+
+def test_resnet_style_with_calibration_data():
+    # the downsampling shortcut, read only as a residual, writes uint8 codes of the range seen on calibration_data
+    conv = converted(ResNetStyle(), (2, 3, 16, 16))
+    calib = [torch.randn(2, 3, 16, 16) for _ in range(3)]
+    gm = lower(conv, calibration_data=[(x, torch.zeros(2)) for x in calib])  # (input, target) batches, as calibrate
+    report = "\n".join(gm.q8_lowering_report)
+    assert "from the output range seen on calibration_data) read as residual by 1 layer(s)" in report, report
+    down = gm.get_submodule("layer2.0.down")
+    reader = gm.get_submodule("layer2.0.conv2")
+    assert torch.equal(down.output_scale, reader.residual_scale)
+    assert torch.equal(down.output_zero_point, reader.residual_zero_point)
+    # the scale is the observed range's: run the eager shortcut on the same data
+    outs = []
+    h = conv.get_submodule("layer2.0.down").register_forward_hook(lambda m, a, o: outs.append(o))
+    with torch.no_grad():
+        for x in calib:
+            conv(x)
+    h.remove()
+    lo, hi = min(float(o.min()) for o in outs), max(float(o.max()) for o in outs)
+    s_ref, z_ref = q8.choose_qparams(torch.tensor([lo, hi]), 0, 255)
+    assert torch.equal(down.output_scale, s_ref) and int(down.output_zero_point) == int(z_ref)
+    x = torch.randn(2, 3, 16, 16)
+    seen, handles = record(gm)
+    y = gm(x)
+    for h in handles:
+        h.remove()
+    check_layers_exact(gm, conv, seen)
+    assert seen["layer2.0.down"][1].dtype == torch.uint8 and seen["layer2.0.conv2"][0][1].dtype == torch.uint8
+    ref = conv(x)
+    assert (y - ref).abs().max() <= RESIDUAL_TOL * ref.abs().max(), (y - ref).abs().max()
+    assert torch.equal(torch.jit.script(gm)(x), y)
+    with pytest.raises(ValueError, match="calibration_data holds no input"):
+        lower(conv, calibration_data=[])
 
 
 def test_mobilenetv2_style():
@@ -535,7 +571,8 @@ def test_inplace_adds():
     assert "a: fused the residual add and the clamp (0.0, None) (add, conv output as operand 0" in report, report
     assert "b: fused the residual add and the clamp (0.0, None) (add_, conv output as operand 0" in report, report
     assert "d: fused the residual add (add__1, conv output as operand 1)" in report, report
-    assert "c: float output (no int8 convolution reads it as its input)" in report, report  # d's residual
+    assert "c: float output (no int8 convolution reads it as its input; read as a residual: q8.lower(model, " \
+        "calibration_data) would requantize it)" in report, report  # d's residual
     assert not _add_nodes(gm), gm.code
     # a reads stem's output as its input and as its residual, b likewise a's: uint8 for both uses
     assert seen["a"][0][0].dtype == seen["a"][0][1].dtype == torch.uint8, report
