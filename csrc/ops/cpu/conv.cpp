@@ -1858,7 +1858,7 @@ void conv_gemm(const uint8_t* xq, const Geometry& G, const ConvPackedView& wv, c
           build_row_ptrs(xq, G, g, zp_row.data(), tap_off.data(), xq_end, zp_row.data() + G.cg4,
                          n * seg_rows + mp0 * gemm::kRows,
                          std::min(seg_rows, mp1 * gemm::kRows) - mp0 * gemm::kRows, ptrs.data(),
-                         fused && !epi.bad[n] ? based.data() : nullptr);
+                         fused && !epi.bad[n] && taps > 1 ? based.data() : nullptr);
         } else {
           for (int64_t mp = mp0; mp < mp1; ++mp) {
             const int rows = static_cast<int>(std::min<int64_t>(gemm::kRows, seg_rows - mp * gemm::kRows));
@@ -1876,7 +1876,8 @@ void conv_gemm(const uint8_t* xq, const Geometry& G, const ConvPackedView& wv, c
             // the whole panels of the chunk in one call
             const int64_t whole = std::min(mp1, seg_rows / gemm::kRows) - mp0;
             if (whole > 0) {
-              const FusedTile tile{ptrs.data(), ptrs_per_panel, taps,    nullptr,           tap_off.data(),
+              // (one tap: its table is the 6 bases already, so no based form)
+              const FusedTile tile{ptrs.data(), ptrs_per_panel, taps,    nullptr, taps > 1 ? tap_off.data() : nullptr,
                                    based.data(), nullptr,        nullptr, mp0 * gemm::kRows, whole};
               fused_tile_fn(epi, np, ncols)(epi, tile, G.cg4 / 4, b, w.panel_stride, n, g * ocg + col0, ncols,
                                             w.rowsums + col0);
