@@ -337,6 +337,11 @@ def test_add_of_a_broadcast_tensor(kind):
     y = gm(x)
     assert torch.equal(y, conv(x))
     assert torch.equal(torch.jit.script(gm)(x), y)
+    # a residual that neither fits nor broadcasts: a clear error, eager and scripted
+    c2 = gm.get_submodule("c2")
+    for layer in (c2, torch.jit.script(c2)):
+        with pytest.raises((ValueError, torch.jit.Error), match="residual must have the output's shape"):
+            layer(torch.randn(2, 8, 8, 8), torch.randn(2, 5, 8, 8))
 
 
 def test_float_stays_float_where_it_must():

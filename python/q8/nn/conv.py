@@ -332,12 +332,20 @@ class Int8Conv2d(torch.nn.Module):
                     b["residual_zero_point"], b["output_scale"], b["output_zero_point"])
         except KeyError:
             return self._forward2d(x, residual)
-        return self._conv2d(x, residual, *args)
+        if residual is None:
+            return self._conv2d(x, residual, *args)
+        # The residual's shape is checked (~2 us of Python, 2 % of a small model) only when the
+        # op refuses the call: with the check, a residual of another shape then takes _conv2d's
+        # unfused path, and any other error is raised again.
+        try:
+            return self._conv2d(x, residual, *args, check_residual=False)
+        except RuntimeError:
+            return self._conv2d(x, residual, *args)
 
     def _conv2d(self, x: Tensor, residual: Optional[Tensor], weight_scale: Tensor, bias: Optional[Tensor],
                 input_scale: Optional[Tensor], input_zero_point: Optional[Tensor], residual_scale: Optional[Tensor],
                 residual_zero_point: Optional[Tensor], output_scale: Optional[Tensor],
-                output_zero_point: Optional[Tensor]) -> Tensor:
+                output_zero_point: Optional[Tensor], check_residual: bool = True) -> Tensor:
         name = "q8.nn.Int8Conv1d" if self._one_d else "q8.nn.Int8Conv2d"
         if x.dtype == torch.uint8:
             if input_scale is None or input_zero_point is None:
@@ -354,13 +362,20 @@ class Int8Conv2d(torch.nn.Module):
                 x = F.pad(x, self._pre_pad, mode=self._pre_pad_mode)
         if self.activation == "weight_only":
             return self._weight_only(x, residual)
-        if residual is not None and not self._residual_fits(x, residual):
+        if check_residual and residual is not None and not self._residual_fits(x, residual):
             # A residual of another shape (q8.lower fused ``conv(x) + t`` where t broadcasts, e.g.
             # a per-sample mean): the op takes only the output's shape, so the add, the clamp and
             # the requantization run after it, as eager's ops would.
             y = torch.ops.q8.conv2d(x, self.packed_weight, weight_scale, bias, self.kernel_size, self.stride,
                                     self.padding, self.dilation, self.groups, self.activation, input_scale,
                                     input_zero_point, None, None, None, None, None, None, None)
+            ys, rs = y.shape, residual.shape
+            ok = len(rs) <= len(ys)
+            for i in range(min(len(rs), len(ys))):
+                ok = ok and (rs[len(rs) - 1 - i] == 1 or rs[len(rs) - 1 - i] == ys[len(ys) - 1 - i])
+            if not ok:
+                raise ValueError(name + ": residual must have the output's shape " + str(list(ys))
+                                 + " or broadcast to it, got " + str(list(rs)))
             return self._epilogue_after(y, residual)
         return torch.ops.q8.conv2d(x, self.packed_weight, weight_scale, bias, self.kernel_size, self.stride,
                                    self.padding, self.dilation, self.groups, self.activation, input_scale,
