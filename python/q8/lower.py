@@ -65,6 +65,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .nn.conv import Int8Conv2d
+from .quantization import _run_batches
 
 __all__ = ["lower"]
 
@@ -475,19 +476,8 @@ def _observe_outputs(model: nn.Module, calibration_data: Iterable) -> Dict[int, 
                if isinstance(m, Int8Conv2d) and m.activation == "static"]
     was_training = model.training
     model.eval()
-    seen = 0
     try:
-        with torch.no_grad():
-            device = next((t.device for t in list(model.parameters()) + list(model.buffers())), None)
-            for batch in calibration_data:
-                if isinstance(batch, (tuple, list)):
-                    if not batch:
-                        raise ValueError("q8.lower: calibration_data holds an empty batch tuple")
-                    batch = batch[0]
-                if isinstance(batch, torch.Tensor) and device is not None:
-                    batch = batch.to(device)
-                model(batch)
-                seen += 1
+        seen = _run_batches(model, calibration_data, "q8.lower (calibration_data)")
     finally:
         for h in handles:
             h.remove()

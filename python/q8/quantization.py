@@ -204,6 +204,26 @@ def _model_device(model: torch.nn.Module) -> Optional[torch.device]:
     return None
 
 
+def _run_batches(model: torch.nn.Module, batches: Iterable, where: str, num_batches: Optional[int] = None) -> int:
+    """Run ``model`` under ``torch.no_grad()`` on each batch (an input tensor, or a tuple / list whose first
+    element is the input; tensors moved to the model's device), at most ``num_batches``; how many ran."""
+    device = _model_device(model)
+    seen = 0
+    with torch.no_grad():
+        for batch in batches:
+            if isinstance(batch, (tuple, list)):
+                if not batch:
+                    raise ValueError(f"{where}: got an empty batch tuple")
+                batch = batch[0]
+            if isinstance(batch, torch.Tensor) and device is not None:
+                batch = batch.to(device)
+            model(batch)
+            seen += 1
+            if num_batches is not None and seen >= num_batches:
+                break
+    return seen
+
+
 def calibrate(model: torch.nn.Module, data: Iterable, num_batches: Optional[int] = None,
               progress: bool = True) -> torch.nn.Module:
     """Run ``model`` on ``data`` with its observers on, to set the activation ranges of static PTQ.
@@ -227,7 +247,6 @@ def calibrate(model: torch.nn.Module, data: Iterable, num_batches: Optional[int]
         raise ValueError("q8.calibrate: the model has no q8.nn.FakeQuantize modules; call q8.prepare(model) first")
     if num_batches is not None and int(num_batches) < 1:
         raise ValueError(f"q8.calibrate: num_batches must be positive, got {num_batches!r}")
-    device = _model_device(model)
     total = num_batches
     if total is None:
         try:
@@ -248,18 +267,7 @@ def calibrate(model: torch.nn.Module, data: Iterable, num_batches: Optional[int]
     enable_fake_quant(model, False)
     seen = 0
     try:
-        with torch.no_grad():
-            for batch in iterator:
-                if isinstance(batch, (tuple, list)):
-                    if not batch:
-                        raise ValueError("q8.calibrate: got an empty batch tuple")
-                    batch = batch[0]
-                if isinstance(batch, torch.Tensor) and device is not None:
-                    batch = batch.to(device)
-                model(batch)
-                seen += 1
-                if num_batches is not None and seen >= num_batches:
-                    break
+        seen = _run_batches(model, iterator, "q8.calibrate", num_batches)
     finally:
         if hasattr(iterator, "close"):
             iterator.close()
