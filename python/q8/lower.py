@@ -12,7 +12,7 @@ next one quantizes it again with its ``input_scale`` / ``input_zero_point``.
   one the consumer applies to a float input, so the consumer sees the same codes, bit
   for bit; a max pool on the way (``nn.MaxPool2d``, ``F.max_pool2d``) becomes
   ``q8.max_pool2d`` on the codes, exact too (quantization is monotone: the max of the
-  codes is the code of the max, see :func:`_preserves_codes`);
+  codes is the code of the max, see :func:`_max_pool_args`);
 * a conv read only by a ReLU / ReLU6 / Hardtanh gets it as its ``clamp_min`` /
   ``clamp_max`` (the same comparisons in float32; composed with a clamp it already has);
 * ``add(conv_out, other)`` or ``add(other, conv_out)`` (``+``, ``+=``, ``torch.add``,
@@ -199,13 +199,11 @@ def _max_pool_args(gm: torch.fx.GraphModule, node: torch.fx.Node, src: torch.fx.
 
 
 def _preserves_codes(gm: torch.fx.GraphModule, node: torch.fx.Node, src: torch.fx.Node) -> bool:
-    """True when ``node`` passes uint8 codes of ``src`` through (nn.Identity) or computes the codes of its float
-    result from them (a 2-D max pool, which the lowering then makes ``q8.max_pool2d``: torch's CPU
-    ``max_pool2d`` refuses the channels_last uint8 tensors int8 convolutions write beyond 255 elements per
-    sample)."""
-    if node.op == "call_module" and type(gm.get_submodule(node.target)) is nn.Identity:
-        return node.args[0] is src
-    return _max_pool_args(gm, node, src) is not None
+    """True when ``node`` passes uint8 codes of ``src`` through unchanged (nn.Identity). (A 2-D max pool computes
+    the codes of its float result from them: :func:`_max_pool_args`, made ``q8.max_pool2d`` by the lowering,
+    since torch's CPU ``max_pool2d`` refuses the channels_last uint8 tensors int8 convolutions write beyond 255
+    elements per sample.)"""
+    return node.op == "call_module" and type(gm.get_submodule(node.target)) is nn.Identity and node.args[0] is src
 
 
 def _order(gm: torch.fx.GraphModule) -> Dict[torch.fx.Node, int]:
@@ -357,7 +355,7 @@ def _lower_graph(gm: torch.fx.GraphModule, report: List[str], ranges: Optional[D
             continue
         qparams = []
         residual_readers = []
-        pools = []  # (max pool node, its input) on the way
+        pools = []  # (max pool node, its input, q8.max_pool2d's arguments) on the way
         ok = True
         reason = ""
         stack = [node]
@@ -380,9 +378,12 @@ def _lower_graph(gm: torch.fx.GraphModule, report: List[str], ranges: Optional[D
                         if as_residual:
                             residual_readers.append(reader)
                         continue
+                pool_args = _max_pool_args(gm, user, src)
+                if pool_args is not None:
+                    pools.append((user, src, pool_args))
+                    stack.append(user)
+                    continue
                 if _preserves_codes(gm, user, src):
-                    if _max_pool_args(gm, user, src) is not None:
-                        pools.append((user, src))
                     stack.append(user)
                     continue
                 ok = False
@@ -417,8 +418,7 @@ def _lower_graph(gm: torch.fx.GraphModule, report: List[str], ranges: Optional[D
         for reader in residual_readers:
             reader.residual_scale = scale.clone()
             reader.residual_zero_point = zp.clone()
-        for pool, src in pools:
-            args = _max_pool_args(gm, pool, src)
+        for pool, src, args in pools:
             with graph.inserting_after(pool):
                 qpool = graph.call_function(torch.ops.q8.max_pool2d, (src,) + tuple(args))  # (the packet: scriptable)
             pool.replace_all_uses_with(qpool)

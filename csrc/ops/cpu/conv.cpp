@@ -878,7 +878,7 @@ __attribute__((target(Q8_AVX512_TARGET ",avx512vnni"), always_inline)) inline vo
 // (round(max(-zp, v)) + zp == max(0, round(v) + zp): rounding is monotone and -zp is
 // an integer; huge negative v convert to INT32_MIN, also below 0), so then the max is
 // left out.
-// MODE 0: any epilogue (avx512_epi_vec per vector). MODE 1 .. 4: the packed narrowing
+// MODE 0: any epilogue (avx512_epi_vec per vector). MODE 1 .. kPackedModes: the packed narrowing
 // (NP 2 or 4, fast_requant, whole block), variant packed_mode(e) = MODE - 1.
 template <int NP, int MODE>
 __attribute__((target(Q8_AVX512_TARGET ",avx512vnni"), noinline)) void conv_tile_fused_avx512(
@@ -1652,8 +1652,8 @@ bool conv_gemm_classed(const uint8_t* xq, const Geometry& G, const ConvPackedVie
   // Class (rc, cc) holds the output rows (n, oy, ox) with rid[oy] == rc and cid[ox] ==
   // cc, in the order n, oy, ox (its "index" k = (n * |ys| + y) * |xs| + x over its
   // lists ys of oy and xs of ox), cut into 6-row tiles; the last tile of a class
-  // repeats its last row. The work items build their tiles' rows (ClassWalk), so
-  // the serial part is per tile, not per pixel.
+  // repeats its last row. The work items build their tiles' rows (the walk in the
+  // parallel_for below), so the serial part is per tile, not per pixel.
   std::vector<std::vector<int64_t>> ys(rvals.size()), xs(cvals.size());
   for (int64_t oy = 0; oy < G.oh; ++oy) {
     ys[rid[oy]].push_back(oy);
