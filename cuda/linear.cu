@@ -431,7 +431,7 @@ template <typename T>
 void linear_int8(const at::Tensor& x2, int64_t m, int64_t k, int64_t n, LinearMode mode, const at::Tensor& packed,
                  const detail::CudaPackedSizes& s, const float* sw, const float* bias,
                  const std::optional<at::Tensor>& input_scale, const std::optional<at::Tensor>& input_zero_point,
-                 at::Tensor& out) {
+                 const lk::EpilogueClamp& clamp, at::Tensor& out) {
   const Int8Scratch sc = make_scratch(m, s.k16, x2.options());
   const T* xp = x2.const_data_ptr<T>();
   const int64_t ldx = x2.stride(0);
@@ -469,7 +469,7 @@ void linear_int8(const at::Tensor& x2, int64_t m, int64_t k, int64_t n, LinearMo
   }
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   const lk::LinearEpilogue<T> epi{out.mutable_data_ptr<T>(), sc.sx, sc.zx, sc.bad, packed_rowsums(packed, s),
-                                  sw, bias, packed.const_data_ptr<uint8_t>(), n, k};
+                                  sw, bias, packed.const_data_ptr<uint8_t>(), n, k, clamp};
   int8_gemm(sc, m, packed, s, n, epi);
 }
 
@@ -491,8 +491,10 @@ at::Tensor padded_rows(const at::Tensor& x2, int64_t k, int64_t k16, int64_t ele
 
 template <typename T>
 void linear_weight_only(const at::Tensor& x2, int64_t m, int64_t k, int64_t n, const at::Tensor& packed,
-                        const detail::CudaPackedSizes& s, const float* sw, const float* bias, at::Tensor& out) {
-  const lk::WeightOnlyEpilogue<T> epi{out.mutable_data_ptr<T>(), sw, bias, packed.const_data_ptr<uint8_t>(), n, k};
+                        const detail::CudaPackedSizes& s, const float* sw, const float* bias,
+                        const lk::EpilogueClamp& clamp, at::Tensor& out) {
+  const lk::WeightOnlyEpilogue<T> epi{out.mutable_data_ptr<T>(), sw, bias, packed.const_data_ptr<uint8_t>(), n, k,
+                                      clamp};
   auto stream = at::cuda::getCurrentCUDAStream();
   if (m > kWeightOnlyTiledMaxM) {
     // Exact int8 -> T conversion of the weights, float32 results from cuBLAS.
@@ -601,10 +603,14 @@ at::Tensor int8_mm_cuda(const at::Tensor& input, const at::Tensor& packed, c10::
 at::Tensor linear_cuda(const at::Tensor& input, const at::Tensor& packed, const at::Tensor& weight_scale,
                        const std::optional<at::Tensor>& bias, c10::string_view activation,
                        const std::optional<at::Tensor>& input_scale,
-                       const std::optional<at::Tensor>& input_zero_point) {
+                       const std::optional<at::Tensor>& input_zero_point, std::optional<double> clamp_min,
+                       std::optional<double> clamp_max) {
   const char* op = "linear";
-  const LinearMode mode =
-      detail::check_linear_args(op, input, packed, weight_scale, bias, activation, input_scale, input_zero_point);
+  const LinearMode mode = detail::check_linear_args(op, input, packed, weight_scale, bias, activation, input_scale,
+                                                    input_zero_point, clamp_min, clamp_max);
+  const lk::EpilogueClamp clamp{clamp_min.has_value(), clamp_max.has_value(),
+                                clamp_min.has_value() ? static_cast<float>(*clamp_min) : 0.f,
+                                clamp_max.has_value() ? static_cast<float>(*clamp_max) : 0.f};
   check_cuda(op, input, "input");
   c10::cuda::CUDAGuard guard(input.device());
   const int64_t k = input.size(-1);
@@ -634,9 +640,9 @@ at::Tensor linear_cuda(const at::Tensor& input, const at::Tensor& packed, const 
   const float* bp = b.defined() ? b.const_data_ptr<float>() : nullptr;
   Q8_LINEAR_DISPATCH_FLOAT_TYPES(input.scalar_type(), "q8_linear_cuda", [&] {
     if (mode == LinearMode::WeightOnly) {
-      linear_weight_only<scalar_t>(x2, m, k, n, packed, s, swp, bp, out);
+      linear_weight_only<scalar_t>(x2, m, k, n, packed, s, swp, bp, clamp, out);
     } else {
-      linear_int8<scalar_t>(x2, m, k, n, mode, packed, s, swp, bp, input_scale, input_zero_point, out);
+      linear_int8<scalar_t>(x2, m, k, n, mode, packed, s, swp, bp, input_scale, input_zero_point, clamp, out);
     }
   });
   return out;

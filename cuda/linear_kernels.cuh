@@ -406,6 +406,22 @@ __global__ void __launch_bounds__(kRowThreads)
 // ---------------------------------------------------------------------------
 // Epilogues: one output element from its exact accumulator
 // ---------------------------------------------------------------------------
+// The fused activation (the CPU's Clamp): y < lo ? lo : y, then y > hi ? hi : y, NaN kept.
+struct EpilogueClamp {
+  bool has_lo, has_hi;
+  float lo, hi;
+
+  __device__ __forceinline__ float operator()(float y) const {
+    if (has_lo) {
+      y = y < lo ? lo : y;
+    }
+    if (has_hi) {
+      y = y > hi ? hi : y;
+    }
+    return y;
+  }
+};
+
 // int8 modes: acc = sum_k (q - 128) * w (exact); the CPU's float epilogue.
 // Every epilogue: value() computes one output, operator() stores it.
 template <typename T>
@@ -421,6 +437,7 @@ struct LinearEpilogue {
   const float* bias;       // [N] or nullptr
   const uint8_t* packed;   // the packed tensor (its header)
   int64_t n, k;
+  EpilogueClamp clamp;
 
   __device__ __forceinline__ bool header_ok() const { return header_matches(packed, n, k); }
   __device__ __forceinline__ T value(int64_t row, int64_t col, int64_t acc, bool ok) const {
@@ -431,6 +448,7 @@ struct LinearEpilogue {
     if (bias != nullptr) {
       y = __fadd_rn(y, bias[col]);
     }
+    y = clamp(y);
     if (bad[row] || !ok) {
       y = quiet_nan();
     }
@@ -479,6 +497,7 @@ struct WeightOnlyEpilogue {
   const float* bias;
   const uint8_t* packed;
   int64_t n, k;
+  EpilogueClamp clamp;
 
   __device__ __forceinline__ bool header_ok() const { return header_matches(packed, n, k); }
   __device__ __forceinline__ T value(int64_t, int64_t col, float acc, bool ok) const {
@@ -486,6 +505,7 @@ struct WeightOnlyEpilogue {
     if (bias != nullptr) {
       y = __fadd_rn(y, bias[col]);
     }
+    y = clamp(y);
     if (!ok) {
       y = quiet_nan();
     }

@@ -293,10 +293,18 @@ void check_int8_mm_args(const char* op, const at::Tensor& input, const at::Tenso
   }
 }
 
+void check_clamp(const char* op, std::optional<double> clamp_min, std::optional<double> clamp_max) {
+  TORCH_CHECK(!clamp_min.has_value() || !std::isnan(*clamp_min), "q8.", op, ": clamp_min must not be NaN");
+  TORCH_CHECK(!clamp_max.has_value() || !std::isnan(*clamp_max), "q8.", op, ": clamp_max must not be NaN");
+  TORCH_CHECK(!clamp_min.has_value() || !clamp_max.has_value() || *clamp_min <= *clamp_max, "q8.", op,
+              ": clamp_min must be <= clamp_max, got ", *clamp_min, " and ", *clamp_max);
+}
+
 LinearMode check_linear_args(const char* op, const at::Tensor& input, const at::Tensor& packed_weight,
                              const at::Tensor& weight_scale, const std::optional<at::Tensor>& bias,
                              c10::string_view activation, const std::optional<at::Tensor>& input_scale,
-                             const std::optional<at::Tensor>& input_zero_point) {
+                             const std::optional<at::Tensor>& input_zero_point, std::optional<double> clamp_min,
+                             std::optional<double> clamp_max) {
   check_float_input(op, input);
   TORCH_CHECK(input.dim() >= 1, "q8.", op, ": input must have at least 1 dimension [..., in_features], got a 0-dim tensor");
   check_packed_container(op, packed_weight);
@@ -346,6 +354,7 @@ LinearMode check_linear_args(const char* op, const at::Tensor& input, const at::
                 "q8.", op, ": input_scale and input_zero_point are only used with activation='static', got them with '",
                 std::string(activation), "'");
   }
+  check_clamp(op, clamp_min, clamp_max);
   return mode;
 }
 
@@ -771,10 +780,7 @@ ConvArgs check_conv2d_args(const char* op, const at::Tensor& input, const at::Te
   if (residual_zero_point.has_value()) {
     check_one_element(op, input, *residual_zero_point, "residual_zero_point", false);
   }
-  TORCH_CHECK(!clamp_min.has_value() || !std::isnan(*clamp_min), "q8.", op, ": clamp_min must not be NaN");
-  TORCH_CHECK(!clamp_max.has_value() || !std::isnan(*clamp_max), "q8.", op, ": clamp_max must not be NaN");
-  TORCH_CHECK(!clamp_min.has_value() || !clamp_max.has_value() || *clamp_min <= *clamp_max, "q8.", op,
-              ": clamp_min must be <= clamp_max, got ", *clamp_min, " and ", *clamp_max);
+  check_clamp(op, clamp_min, clamp_max);
   TORCH_CHECK(output_scale.has_value() == output_zero_point.has_value(), "q8.", op,
               ": output_scale and output_zero_point must be given together (uint8 output) or not at all, got ",
               output_scale.has_value() ? "output_scale only" : "output_zero_point only");

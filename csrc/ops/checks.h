@@ -126,14 +126,20 @@ void check_packed_container(const char* op, const at::Tensor& packed_weight);
 void check_int8_mm_args(const char* op, const at::Tensor& input, const at::Tensor& packed_weight,
                         const c10::SymInt& out_features, const std::optional<at::Tensor>& input_zero_point);
 
+// A fused activation's bounds (conv2d, linear): neither NaN, clamp_min <= clamp_max
+// when both are given.
+void check_clamp(const char* op, std::optional<double> clamp_min, std::optional<double> clamp_max);
+
 // linear: input float [..., K] (at least 1-D); weight_scale float32 [N]; bias [N]
 // in float32 or input's dtype; activation one of "dynamic", "static",
 // "weight_only"; input_scale (float32) and input_zero_point (int32 / int64), one
-// element each, given exactly in static mode; everything on input's device.
+// element each, given exactly in static mode; everything on input's device; the
+// clamp as check_clamp.
 LinearMode check_linear_args(const char* op, const at::Tensor& input, const at::Tensor& packed_weight,
                              const at::Tensor& weight_scale, const std::optional<at::Tensor>& bias,
                              c10::string_view activation, const std::optional<at::Tensor>& input_scale,
-                             const std::optional<at::Tensor>& input_zero_point);
+                             const std::optional<at::Tensor>& input_zero_point, std::optional<double> clamp_min,
+                             std::optional<double> clamp_max);
 
 // linear_grad_input: grad_output float32 / float16 / bfloat16 [..., N] (at least
 // 1-D) with N = weight_scale.size(0); weight_scale float32 [N]; in_features >= 0;

@@ -17,9 +17,13 @@ TORCH_LIBRARY_FRAGMENT(q8, m) {
   m.def(
       "int8_mm(Tensor input, Tensor packed_weight, SymInt out_features, Tensor? input_zero_point=None) -> Tensor",
       tags);
+  // The fused int8 linear layer (docs/design.md, "Int8 linear"):
+  //   y = input . (weight_int8 . diag(weight_scale))^T + bias  -> clamp(clamp_min, clamp_max)
+  // the clamp (a fused ReLU is clamp_min=0, ReLU6 0 and 6) in the epilogue, NaN kept.
   m.def(
       "linear(Tensor input, Tensor packed_weight, Tensor weight_scale, Tensor? bias=None,"
-      " str activation=\"dynamic\", Tensor? input_scale=None, Tensor? input_zero_point=None) -> Tensor",
+      " str activation=\"dynamic\", Tensor? input_scale=None, Tensor? input_zero_point=None,"
+      " float? clamp_min=None, float? clamp_max=None) -> Tensor",
       tags);
   // The input gradient of linear (straight-through, the int8 weight frozen):
   //   grad_input[..., k] = sum_n grad_output[..., n] * weight_int8[n][k] * weight_scale[n],
@@ -70,13 +74,17 @@ at::Tensor linear(
     const std::optional<at::Tensor>& bias,
     c10::string_view activation,
     const std::optional<at::Tensor>& input_scale,
-    const std::optional<at::Tensor>& input_zero_point) {
+    const std::optional<at::Tensor>& input_zero_point,
+    std::optional<double> clamp_min,
+    std::optional<double> clamp_max) {
   static auto op = c10::Dispatcher::singleton()
                        .findSchemaOrThrow("q8::linear", "")
                        .typed<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&,
                                          const std::optional<at::Tensor>&, c10::string_view,
-                                         const std::optional<at::Tensor>&, const std::optional<at::Tensor>&)>();
-  return op.call(input, packed_weight, weight_scale, bias, activation, input_scale, input_zero_point);
+                                         const std::optional<at::Tensor>&, const std::optional<at::Tensor>&,
+                                         std::optional<double>, std::optional<double>)>();
+  return op.call(input, packed_weight, weight_scale, bias, activation, input_scale, input_zero_point, clamp_min,
+                 clamp_max);
 }
 
 at::Tensor linear_grad_input(

@@ -106,10 +106,12 @@ Q8_API at::Tensor int8_mm(
     int64_t out_features,
     const std::optional<at::Tensor>& input_zero_point = std::nullopt);
 
-// y = input . (weight_int8 . diag(weight_scale))^T + bias, in input's dtype.
-// activation: "dynamic" (per-row uint8 activations quantized at run time),
-// "static" (one calibrated input_scale / input_zero_point, zero point in [0, 255])
-// or "weight_only" (float activations, int8 weights converted in the kernel).
+// y = clamp(input . (weight_int8 . diag(weight_scale))^T + bias, clamp_min, clamp_max),
+// in input's dtype. activation: "dynamic" (per-row uint8 activations quantized at
+// run time), "static" (one calibrated input_scale / input_zero_point, zero point in
+// [0, 255]) or "weight_only" (float activations, int8 weights converted in the
+// kernel). The clamp is a fused activation (ReLU: clamp_min = 0; ReLU6: 0 and 6;
+// nullopt leaves a side open), applied in float32 in the epilogue; NaN stays NaN.
 Q8_API at::Tensor linear(
     const at::Tensor& input,
     const at::Tensor& packed_weight,
@@ -117,12 +119,16 @@ Q8_API at::Tensor linear(
     const std::optional<at::Tensor>& bias = std::nullopt,
     c10::string_view activation = "dynamic",
     const std::optional<at::Tensor>& input_scale = std::nullopt,
-    const std::optional<at::Tensor>& input_zero_point = std::nullopt);
+    const std::optional<at::Tensor>& input_zero_point = std::nullopt,
+    std::optional<double> clamp_min = std::nullopt,
+    std::optional<double> clamp_max = std::nullopt);
 // linear is differentiable with respect to input and bias (the int8 weight is
 // frozen; weight_scale or input_scale requiring grad is an error): straight-through
 // in "dynamic" and "weight_only", and with fake quantization's clamp mask in
-// "static" (zero gradient where input quantizes outside [0, 255]). Backward of
-// backward is not supported.
+// "static" (zero gradient where input quantizes outside [0, 255]). With a clamp,
+// the gradient is zero where the output sits on a bound (output <= clamp_min or
+// >= clamp_max), as torch's relu / hardtanh backward. Backward of backward is not
+// supported.
 
 // The input gradient of linear: grad_output [..., N] . (weight_int8 . diag(weight_scale)),
 // [..., in_features] in grad_output's dtype (no clamp mask: the autograd kernel applies it).

@@ -176,8 +176,10 @@ def linear(
     activation: str = "dynamic",
     input_scale: Optional[Tensor] = None,
     input_zero_point: Optional[Tensor] = None,
+    clamp_min: Optional[float] = None,
+    clamp_max: Optional[float] = None,
 ) -> Tensor:
-    """``input · (weight_int8 · diag(weight_scale))ᵀ + bias`` with int8 weights.
+    """``clamp(input · (weight_int8 · diag(weight_scale))ᵀ + bias, clamp_min, clamp_max)`` with int8 weights.
 
     ``input`` is ``[..., K]`` float32, bfloat16 or float16; the result ``[..., N]``
     has its dtype. ``bias`` (``[N]``) is float32 or the input's dtype. Modes:
@@ -192,8 +194,14 @@ def linear(
       float32 inside the kernel.
 
     In the int8 modes, a row of ``input`` holding NaN or +-Inf gives a row of NaN.
+
+    ``clamp_min`` / ``clamp_max`` fuse an activation into the epilogue (ReLU:
+    ``clamp_min=0``; ReLU6: ``0, 6``; None leaves a side open): ``torch.clamp`` in
+    float32 before the cast to the input's dtype, NaN kept. Its gradient is zero
+    where the output sits on a bound, as ``relu`` / ``hardtanh``'s.
     """
-    return torch.ops.q8.linear(input, packed_weight, weight_scale, bias, activation, input_scale, input_zero_point)
+    return torch.ops.q8.linear(input, packed_weight, weight_scale, bias, activation, input_scale, input_zero_point,
+                               clamp_min, clamp_max)
 
 
 def observe_fake_quantize(

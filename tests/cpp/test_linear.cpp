@@ -146,6 +146,54 @@ TEST(Int8Linear, WeightOnlyLinearMatchesFloatMatmul) {
   }
 }
 
+// The fused activation: clamp(y, clamp_min, clamp_max) on the float32 result, NaN
+// kept, every mode and ISA; its gradient is zero where the output sits on a bound.
+TEST(Int8Linear, FusedClampIsTheClampOfTheOutput) {
+  torch::manual_seed(5);
+  IsaGuard guard;
+  const int64_t m = 7, k = 45, n = 33;
+  const auto [w8, ws] = q8::quantize_weight(torch::randn({n, k}));
+  const auto packed = q8::pack_weight(w8);
+  auto x = torch::randn({m, k}) * 2;
+  x[2][5] = std::nan("");
+  const auto bias = torch::randn({n});
+  for (const auto& isa : supported_isas()) {
+    q8::set_cpu_isa(isa.c_str());
+    for (const char* mode : {"dynamic", "static", "weight_only"}) {
+      const bool is_static = std::string(mode) == "static";
+      const auto s = is_static ? std::optional<at::Tensor>(f32_scalar(0.04f)) : std::nullopt;
+      const auto z = is_static ? std::optional<at::Tensor>(i32_scalar(120)) : std::nullopt;
+      const auto plain = as_floats(q8::linear(x, packed, ws, bias, mode, s, z));
+      const auto relu6 = as_floats(q8::linear(x, packed, ws, bias, mode, s, z, 0.0, 6.0));
+      const auto upper = as_floats(q8::linear(x, packed, ws, bias, mode, s, z, std::nullopt, -0.5));
+      int low = 0, high = 0;
+      for (int64_t i = 0; i < m * n; ++i) {
+        const float p = plain[i];
+        if (std::isnan(p)) {
+          EXPECT_TRUE(std::isnan(relu6[i]) && std::isnan(upper[i])) << isa << " " << mode << " " << i;
+          continue;
+        }
+        low += p < 0.f;
+        high += p > 6.f;
+        EXPECT_EQ(relu6[i], p < 0.f ? 0.f : (p > 6.f ? 6.f : p)) << isa << " " << mode << " " << i;
+        EXPECT_EQ(upper[i], p > -0.5f ? -0.5f : p) << isa << " " << mode << " " << i;
+      }
+      EXPECT_GT(low, 0);
+      EXPECT_GT(high, 0);
+    }
+  }
+  // Gradient: the output's gradient passes where 0 < y < 6 only.
+  const auto xg = torch::randn({m, k}).set_requires_grad(true);
+  const auto y = q8::linear(xg, packed, ws, bias, "dynamic", std::nullopt, std::nullopt, 0.0, 6.0);
+  const auto g = torch::randn({m, n});
+  y.backward(g);
+  const auto pass = at::logical_and(y.detach() > 0, y.detach() < 6);
+  const auto want = q8::linear_grad_input(at::where(pass, g, at::zeros({}, g.options())), packed, ws, k);
+  EXPECT_TRUE(same_bits(xg.grad(), want));
+  Q8_EXPECT_ERROR(q8::linear(x, packed, ws, bias, "dynamic", std::nullopt, std::nullopt, 1.0, 0.0),
+                  "clamp_min must be <= clamp_max");
+}
+
 TEST(Int8Linear, StaticNeedsQparamsAndBadInputIsRefused) {
   const auto [w8, ws] = q8::quantize_weight(torch::randn({19, 37}));
   const auto packed = q8::pack_weight(w8);

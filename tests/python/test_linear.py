@@ -311,6 +311,59 @@ def test_linear_ties_and_extremes():
     assert_close_rel(y, int8_reference(xq, s, z, w8, ws, None))
 
 
+def clamp_ref(y, lo, hi):
+    """torch.clamp with an open side for None (NaN kept)."""
+    if lo is not None:
+        y = torch.clamp(y, min=lo)
+    if hi is not None:
+        y = torch.clamp(y, max=hi)
+    return y
+
+
+CLAMPS = [(0.0, None), (0.0, 6.0), (None, 0.25), (-0.5, 0.5), (0.3, 0.3), (-float("inf"), float("inf")),
+          (None, None)]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_linear_clamp_is_torch_clamp_in_float32_on_every_isa(dtype):
+    """The fused activation (clamp_min / clamp_max): torch.clamp of the float32 result, then the cast to the
+    input's dtype, in every mode and on every ISA; NaN rows stay NaN."""
+    m, k, n = 13, 70, 37
+    _, w8, ws, packed = make_weight(n, k)
+    x = (torch.randn(m, k) * 2).to(dtype)
+    x[4, 7] = float("nan")
+    bias = torch.randn(n)
+    modes = [("dynamic", None, None), ("static", torch.tensor(0.03), torch.tensor(110)),
+             ("weight_only", None, None)]
+    for isa in each_isa():
+        for mode in modes:
+            plain = q8.linear(x.float(), packed, ws, bias, *mode)
+            assert plain[4].isnan().all()
+            for lo, hi in CLAMPS:
+                y = q8.linear(x, packed, ws, bias, *mode, lo, hi)
+                assert_same(y, clamp_ref(plain, lo, hi).to(dtype))
+            # Each bound is reached on both sides (the test clamps something).
+            assert (plain[~plain.isnan()] > 6).any() and (plain < 0).any(), (isa, mode)
+
+
+def test_linear_clamp_shapes_empty_and_non_contiguous():
+    _, w8, ws, packed = make_weight(19, 37)
+    bias = torch.randn(19)
+    x = torch.randn(2, 3, 4, 37)
+    for mode in ("dynamic", "weight_only"):
+        assert_same(q8.linear(x, packed, ws, bias, mode, None, None, 0.0, 1.0),
+                    q8.linear(x, packed, ws, bias, mode).clamp(0.0, 1.0))
+        xt = torch.randn(37, 8).t()
+        assert_same(q8.linear(xt, packed, ws, bias, mode, None, None, 0.0),
+                    q8.linear(xt.contiguous(), packed, ws, bias, mode).clamp(min=0.0))
+        assert q8.linear(torch.randn(0, 37), packed, ws, bias, mode, None, None, 0.0).shape == (0, 19)
+        # K = 0: the output is the clamped bias.
+        b5 = torch.randn(5)
+        y = q8.linear(torch.randn(3, 0), q8.pack_weight(torch.zeros(5, 0, dtype=torch.int8)), torch.ones(5), b5,
+                      mode, None, None, 0.0, 0.5)
+        assert_same(y, b5.clamp(0.0, 0.5).expand(3, 5))
+
+
 def test_linear_from_threads_matches_one_thread():
     _, w8, ws, packed = make_weight(96, 200)
     xs = [torch.randn(17, 200) for _ in range(8)]
@@ -359,6 +412,11 @@ def test_bad_arguments_give_clear_errors():
         (lambda: q8.linear(x, packed, ws, None, "dynamic", torch.tensor(0.1), torch.tensor(0)),
          "only used with activation='static'"),
         (lambda: q8.linear(x, packed, ws, None, "int4"), "activation must be 'dynamic', 'static' or 'weight_only'"),
+        (lambda: q8.linear(x, packed, ws, None, "dynamic", None, None, float("nan")), "clamp_min must not be NaN"),
+        (lambda: q8.linear(x, packed, ws, None, "weight_only", None, None, None, float("nan")),
+         "clamp_max must not be NaN"),
+        (lambda: q8.linear(x, packed, ws, None, "dynamic", None, None, 1.0, 0.5),
+         "clamp_min must be <= clamp_max, got 1 and 0.5"),
         (lambda: q8.linear(x, packed, ws, None, "static", torch.tensor(0.1), torch.tensor(256)),
          r"input_zero_point|zero_point must lie in \[quant_min, quant_max\] = \[0, 255\]"),
         (lambda: q8.linear(x, packed, ws, None, "static", torch.tensor(0.0), torch.tensor(0)),

@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 
 import q8
+from test_fake_quantize import assert_same
 
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
 MODES = ["dynamic", "static", "weight_only"]
@@ -192,6 +193,62 @@ def test_grad_input_op_matches_reference_and_dtypes():
         assert ((out.double() - ref).abs() <= grad_tol(g, w8, ws, dtype, ref.shape)).all()
 
 
+# The activations a fused clamp stands for, and their autograd in torch.
+FUSED_ACTS = [((0.0, None), F.relu), ((0.0, 6.0), F.relu6), ((-1.0, 0.5), lambda y: F.hardtanh(y, -1.0, 0.5)),
+              ((None, 0.5), lambda y: F.hardtanh(y, -float("inf"), 0.5)), ((0.25, 0.25), lambda y: F.hardtanh(y, 0.25, 0.25))]
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_grad_through_the_fused_clamp_is_the_activation_grad(device, mode, dtype):
+    """q8.linear(..., clamp_min, clamp_max) has the gradients of act(q8.linear(...)) for ReLU, ReLU6 and
+    Hardtanh (zero where the output sits on a bound), bit for bit."""
+    n, k = 19, 37
+    w8, ws, packed = make_weight(n, k, device)
+    x0 = (torch.randn(6, 5, k, device=device) * 1.5).to(dtype)
+    g = torch.randn(6, 5, n, device=device).to(dtype)
+    args = mode_args(mode, device)
+    for (lo, hi), act in FUSED_ACTS:
+        x = x0.clone().requires_grad_()
+        b = torch.randn(n, device=device).requires_grad_()
+        y = q8.linear(x, packed, ws, b, mode, *args, lo, hi)
+        y.backward(g)
+        x_ref = x0.clone().requires_grad_()
+        b_ref = b.detach().clone().requires_grad_()
+        y_ref = act(q8.linear(x_ref, packed, ws, b_ref, mode, *args))
+        y_ref.backward(g)
+        assert_same(y, y_ref)
+        assert_same(x.grad, x_ref.grad)
+        assert_same(b.grad, b_ref.grad)
+        if lo is not None:
+            on_bound = y.detach() == lo
+            assert on_bound.any()
+        # Only the bias requires grad.
+        b2 = b.detach().clone().requires_grad_()
+        q8.linear(x0, packed, ws, b2, mode, *args, lo, hi).backward(g)
+        assert_same(b2.grad, b_ref.grad)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_grad_through_the_fused_clamp_passes_nan(device, mode):
+    """A NaN output is on no bound: its gradient passes the clamp, as in relu's backward and hardtanh's
+    definition (hardtanh_backward's scalar and CUDA code; torch's vectorized CPU code zeroes it instead)."""
+    n, k = 19, 37
+    w8, ws, packed = make_weight(n, k, device)
+    x0 = torch.randn(6, k, device=device) * 1.5
+    x0[2, 3] = float("nan")
+    g = torch.randn(6, n, device=device)
+    args = mode_args(mode, device)
+    x = x0.clone().requires_grad_()
+    y = q8.linear(x, packed, ws, None, mode, *args, 0.0, 6.0)
+    y.backward(g)
+    assert y[2].isnan().all()
+    x_relu = x0.clone().requires_grad_()
+    F.relu(q8.linear(x_relu, packed, ws, None, mode, *args)).backward(torch.where(y >= 6, 0, g))
+    assert_same(x.grad, x_relu.grad)  # relu's backward passes NaN on the CPU and on CUDA
+    assert x.grad[2].isfinite().all() and (x.grad[2] != 0).any()
+
+
 # ---------------------------------------------------------------------------
 # opcheck and torch.compile
 # ---------------------------------------------------------------------------
@@ -204,6 +261,9 @@ def sample_inputs(device, requires_grad):
         yield (x, packed, ws, b, "dynamic", None, None)
         yield (x, packed, ws, None, "weight_only", None, None)
         yield (x, packed, ws, b, "static", s, z)
+        yield (x, packed, ws, b, "dynamic", None, None, 0.0, None)
+        yield (x, packed, ws, b, "static", s, z, 0.0, 6.0)
+        yield (x, packed, ws, None, "weight_only", None, None, None, 0.5)
 
 
 @pytest.mark.parametrize("requires_grad", [False, True])

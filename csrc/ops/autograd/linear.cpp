@@ -11,6 +11,10 @@
 //     gradient of F.linear(fake_quantize_per_tensor(x, s, z, 0, 255), W_deq, b);
 //     the forward saves that mask (q8::_fake_quantize_cachemask, 1 byte per input
 //     element) and the backward applies it (q8::_fake_quantize_mask_backward).
+//   - with a clamp (a fused ReLU / ReLU6), grad_output is first zeroed where the
+//     output sits on a bound (output <= clamp_min or >= clamp_max; NaN passes), as
+//     torch's threshold_backward (relu) and hardtanh_backward do: the forward saves
+//     that mask (1 byte per output element) when a gradient is needed.
 //   - grad_bias = grad_output summed over every dimension but the last (float32
 //     accumulation), in bias's dtype.
 // The backward is not itself differentiable (once_differentiable: a double
@@ -30,13 +34,30 @@ using torch::autograd::variable_list;
 at::Tensor linear_op(const at::Tensor& input, const at::Tensor& packed_weight, const at::Tensor& weight_scale,
                      const std::optional<at::Tensor>& bias, c10::string_view activation,
                      const std::optional<at::Tensor>& input_scale,
-                     const std::optional<at::Tensor>& input_zero_point) {
+                     const std::optional<at::Tensor>& input_zero_point, std::optional<double> clamp_min,
+                     std::optional<double> clamp_max) {
   static auto op = c10::Dispatcher::singleton()
                        .findSchemaOrThrow("q8::linear", "")
                        .typed<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&,
                                          const std::optional<at::Tensor>&, c10::string_view,
-                                         const std::optional<at::Tensor>&, const std::optional<at::Tensor>&)>();
-  return op.call(input, packed_weight, weight_scale, bias, activation, input_scale, input_zero_point);
+                                         const std::optional<at::Tensor>&, const std::optional<at::Tensor>&,
+                                         std::optional<double>, std::optional<double>)>();
+  return op.call(input, packed_weight, weight_scale, bias, activation, input_scale, input_zero_point, clamp_min,
+                 clamp_max);
+}
+
+// Where the gradient passes a clamp: !(out <= lo) && !(out >= hi) (NaN passes, as
+// in relu's and hardtanh's backward), bool.
+at::Tensor clamp_pass_mask(const at::Tensor& out, std::optional<double> clamp_min, std::optional<double> clamp_max) {
+  at::Tensor mask;
+  if (clamp_min.has_value()) {
+    mask = at::le(out, *clamp_min).logical_not_();
+  }
+  if (clamp_max.has_value()) {
+    auto below = at::ge(out, *clamp_max).logical_not_();
+    mask = mask.defined() ? mask.logical_and_(below) : below;
+  }
+  return mask;
 }
 
 at::Tensor grad_input_op(const at::Tensor& grad_output, const at::Tensor& packed_weight,
@@ -74,10 +95,11 @@ class Linear : public torch::autograd::Function<Linear> {
   static variable_list forward(AutogradContext* ctx, const at::Tensor& input, const at::Tensor& packed_weight,
                                const at::Tensor& weight_scale, const std::optional<at::Tensor>& bias,
                                c10::string_view activation, const std::optional<at::Tensor>& input_scale,
-                               const std::optional<at::Tensor>& input_zero_point) {
+                               const std::optional<at::Tensor>& input_zero_point, std::optional<double> clamp_min,
+                               std::optional<double> clamp_max) {
     at::AutoDispatchBelowADInplaceOrView guard;
-    auto output =
-        linear_op(input, packed_weight, weight_scale, bias, activation, input_scale, input_zero_point);
+    auto output = linear_op(input, packed_weight, weight_scale, bias, activation, input_scale, input_zero_point,
+                            clamp_min, clamp_max);
     ctx->saved_data["in_features"] = input.sym_size(-1);
     ctx->saved_data["bias_dtype"] =
         bias.has_value() ? static_cast<int64_t>(bias->scalar_type()) : static_cast<int64_t>(at::kFloat);
@@ -92,14 +114,28 @@ class Linear : public torch::autograd::Function<Linear> {
     // (needs_input_grad counts only the tensor arguments that are present.)
     ctx->saved_data["input_grad"] = input.requires_grad();
     ctx->saved_data["bias_grad"] = bias.has_value() && bias->requires_grad();
-    ctx->save_for_backward(mask.defined() ? variable_list{packed_weight, weight_scale, mask}
-                                          : variable_list{packed_weight, weight_scale});
+    at::Tensor pass;
+    if (input.requires_grad() || (bias.has_value() && bias->requires_grad())) {
+      pass = clamp_pass_mask(output, clamp_min, clamp_max);
+    }
+    ctx->saved_data["clamped"] = pass.defined();
+    variable_list saved{packed_weight, weight_scale};
+    if (mask.defined()) {
+      saved.push_back(mask);
+    }
+    if (pass.defined()) {
+      saved.push_back(pass);
+    }
+    ctx->save_for_backward(saved);
     return {output};
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grad_outputs) {
     const auto saved = ctx->get_saved_variables();
-    const auto& grad = grad_outputs[0];
+    at::Tensor grad = grad_outputs[0];
+    if (ctx->saved_data["clamped"].toBool()) {
+      grad = at::where(saved.back(), grad, at::zeros({}, grad.options()));
+    }
     at::Tensor grad_input, grad_bias;
     if (ctx->saved_data["input_grad"].toBool() && ctx->needs_input_grad(0)) {
       grad_input = grad_input_op(grad, saved[0], saved[1], ctx->saved_data["in_features"].toSymInt());
@@ -115,14 +151,16 @@ class Linear : public torch::autograd::Function<Linear> {
         grad_bias = grad_bias.to(bias_dtype);
       }
     }
-    return {grad_input, at::Tensor(), at::Tensor(), grad_bias, at::Tensor(), at::Tensor(), at::Tensor()};
+    return {grad_input, at::Tensor(), at::Tensor(), grad_bias, at::Tensor(), at::Tensor(), at::Tensor(),
+            at::Tensor(), at::Tensor()};
   }
 };
 
 at::Tensor linear_autograd(const at::Tensor& input, const at::Tensor& packed_weight, const at::Tensor& weight_scale,
                            const std::optional<at::Tensor>& bias, c10::string_view activation,
                            const std::optional<at::Tensor>& input_scale,
-                           const std::optional<at::Tensor>& input_zero_point) {
+                           const std::optional<at::Tensor>& input_zero_point, std::optional<double> clamp_min,
+                           std::optional<double> clamp_max) {
   if (at::GradMode::is_enabled()) {  // (Function::forward runs with grad mode off)
     check_frozen(packed_weight, "packed_weight");
     check_frozen(weight_scale, "weight_scale");
@@ -133,7 +171,8 @@ at::Tensor linear_autograd(const at::Tensor& input, const at::Tensor& packed_wei
       check_frozen(*input_zero_point, "input_zero_point");
     }
   }
-  return Linear::apply(input, packed_weight, weight_scale, bias, activation, input_scale, input_zero_point)[0];
+  return Linear::apply(input, packed_weight, weight_scale, bias, activation, input_scale, input_zero_point, clamp_min,
+                       clamp_max)[0];
 }
 
 } // namespace

@@ -295,9 +295,39 @@ at::Tensor int8_mm_cpu(const at::Tensor& input, const at::Tensor& packed, c10::S
 // ---------------------------------------------------------------------------
 // linear
 // ---------------------------------------------------------------------------
+// The fused activation: y = y < lo ? lo : y, then y > hi ? hi : y (torch.clamp's
+// result, NaN kept), on a tile of the output while it is in cache.
+struct Clamp {
+  bool has_lo = false, has_hi = false;
+  float lo = 0.f, hi = 0.f;
+
+  Clamp(std::optional<double> clamp_min, std::optional<double> clamp_max)
+      : has_lo(clamp_min.has_value()), has_hi(clamp_max.has_value()),
+        lo(has_lo ? static_cast<float>(*clamp_min) : 0.f), hi(has_hi ? static_cast<float>(*clamp_max) : 0.f) {}
+
+  void apply(float* y, int rows, int cols, int64_t ld) const {
+    if (has_lo) {
+      for (int r = 0; r < rows; ++r) {
+        float* yr = y + r * ld;
+        for (int j = 0; j < cols; ++j) {
+          yr[j] = yr[j] < lo ? lo : yr[j];
+        }
+      }
+    }
+    if (has_hi) {
+      for (int r = 0; r < rows; ++r) {
+        float* yr = y + r * ld;
+        for (int j = 0; j < cols; ++j) {
+          yr[j] = yr[j] > hi ? hi : yr[j];
+        }
+      }
+    }
+  }
+};
+
 at::Tensor linear_int8(const at::Tensor& x2, const PackedView& w, const float* sw, const float* bias, LinearMode mode,
                        const std::optional<at::Tensor>& input_scale, const std::optional<at::Tensor>& input_zero_point,
-                       const char* op) {
+                       const Clamp& clamp, const char* op) {
   const auto& kern = gemm::active_kernels();
   const int64_t m = x2.size(0), k = x2.size(1), n = w.header.n;
   const int64_t groups = w.groups;
@@ -373,6 +403,7 @@ at::Tensor linear_int8(const at::Tensor& x2, const PackedView& w, const float* s
         }
       }
     }
+    clamp.apply(yt, mr, ncols, n);
     for (int r = 0; r < mr; ++r) {
       if (bad[row0 + r]) {
         std::fill(yt + r * n, yt + r * n + ncols, std::numeric_limits<float>::quiet_NaN());
@@ -408,7 +439,8 @@ float* thread_buffer(int64_t elements) {
 // 2x faster than fp32. (A path that dequantizes blocks of 256 output channels into
 // a per-thread buffer and calls BLAS per block was measured slower than this one
 // at every M from 1 to 512 on the 2-core dev machine; see docs/training.md.)
-at::Tensor linear_weight_only(const at::Tensor& x2, const PackedView& w, const float* sw, const float* bias) {
+at::Tensor linear_weight_only(const at::Tensor& x2, const PackedView& w, const float* sw, const float* bias,
+                              const Clamp& clamp) {
   const auto& kern = gemm::active_kernels();
   const int64_t m = x2.size(0), k = x2.size(1), n = w.header.n;
   const int64_t groups = w.groups;
@@ -456,6 +488,7 @@ at::Tensor linear_weight_only(const at::Tensor& x2, const PackedView& w, const f
             yr[j] = o;
           }
         }
+        clamp.apply(yp + row0 * n + col0, mr, ncols, n);
       }
     }
   });
@@ -522,10 +555,12 @@ at::Tensor linear_grad_input_cpu(const at::Tensor& grad_output, const at::Tensor
 at::Tensor linear_cpu(const at::Tensor& input, const at::Tensor& packed, const at::Tensor& weight_scale,
                       const std::optional<at::Tensor>& bias, c10::string_view activation,
                       const std::optional<at::Tensor>& input_scale,
-                      const std::optional<at::Tensor>& input_zero_point) {
+                      const std::optional<at::Tensor>& input_zero_point, std::optional<double> clamp_min,
+                      std::optional<double> clamp_max) {
   const char* op = "linear";
-  const LinearMode mode =
-      detail::check_linear_args(op, input, packed, weight_scale, bias, activation, input_scale, input_zero_point);
+  const LinearMode mode = detail::check_linear_args(op, input, packed, weight_scale, bias, activation, input_scale,
+                                                    input_zero_point, clamp_min, clamp_max);
+  const Clamp clamp(clamp_min, clamp_max);
   check_cpu(op, input, "input");
   const int64_t k = input.size(-1);
   const PackedView w = packed_for(op, packed, weight_scale.size(0), k, "weight_scale.size(0)", "input.size(-1)");
@@ -544,8 +579,8 @@ at::Tensor linear_cpu(const at::Tensor& input, const at::Tensor& packed, const a
   const auto x2 = input.reshape({m, k}).to(at::kFloat).contiguous();
   const float* bp = b.defined() ? b.const_data_ptr<float>() : nullptr;
   at::Tensor y = mode == LinearMode::WeightOnly
-      ? linear_weight_only(x2, w, sw.const_data_ptr<float>(), bp)
-      : linear_int8(x2, w, sw.const_data_ptr<float>(), bp, mode, input_scale, input_zero_point, op);
+      ? linear_weight_only(x2, w, sw.const_data_ptr<float>(), bp, clamp)
+      : linear_int8(x2, w, sw.const_data_ptr<float>(), bp, mode, input_scale, input_zero_point, clamp, op);
   y = y.view(sizes);
   return input.scalar_type() == at::kFloat ? y : y.to(input.scalar_type());
 }

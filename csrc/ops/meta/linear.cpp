@@ -32,8 +32,10 @@ at::Tensor int8_mm_meta(const at::Tensor& input, const at::Tensor& packed, c10::
 at::Tensor linear_meta(const at::Tensor& input, const at::Tensor& packed, const at::Tensor& weight_scale,
                        const std::optional<at::Tensor>& bias, c10::string_view activation,
                        const std::optional<at::Tensor>& input_scale,
-                       const std::optional<at::Tensor>& input_zero_point) {
-  detail::check_linear_args("linear", input, packed, weight_scale, bias, activation, input_scale, input_zero_point);
+                       const std::optional<at::Tensor>& input_zero_point, std::optional<double> clamp_min,
+                       std::optional<double> clamp_max) {
+  detail::check_linear_args("linear", input, packed, weight_scale, bias, activation, input_scale, input_zero_point,
+                            clamp_min, clamp_max);
   auto sizes = input.sym_sizes().vec();
   sizes.back() = weight_scale.sym_size(0);
   return at::empty_symint(sizes, input.options());
