@@ -56,6 +56,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .nn.conv import Int8Conv2d
+from .nn.fused import clamp
 from .nn.linear import Int8Linear
 from .nn.qat import FakeQuantize, QATConv2d, QATLinear
 
@@ -145,6 +146,8 @@ class _Int8LinearQDQ(torch.nn.Module):
         self.input = None
         if layer.activation == "static":
             self.input = _QDQ(layer.input_scale, layer.input_zero_point, 0, 255, None)
+        self.clamp_min = layer.clamp_min
+        self.clamp_max = layer.clamp_max
 
     def forward(self, x: Tensor) -> Tensor:
         if self.input is not None:
@@ -152,7 +155,8 @@ class _Int8LinearQDQ(torch.nn.Module):
         zero_point = torch.zeros_like(self.weight_scale, dtype=torch.int32)
         weight = torch.ops.q8.dequantize(self.weight_int8, self.weight_scale, zero_point, 0, torch.float32)
         bias = self.bias
-        return F.linear(x, weight.to(x.dtype), None if bias is None else bias.to(x.dtype))
+        y = F.linear(x, weight.to(x.dtype), None if bias is None else bias.to(x.dtype))
+        return clamp(y, self.clamp_min, self.clamp_max)
 
 
 class _Int8Conv2dQDQ(Int8Conv2d):

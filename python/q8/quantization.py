@@ -346,11 +346,12 @@ def _conv_class(layer):
     return Int8Conv2d if isinstance(layer, torch.nn.Conv2d) else Int8Conv1d
 
 
-def _clamped(module: torch.nn.Module, clamp_min, clamp_max, epilogue: bool = True) -> torch.nn.Module:
-    """``module`` with the fused activation: in its own epilogue (``clamp_min`` / ``clamp_max``), or after it."""
+def _clamped(module: torch.nn.Module, clamp_min, clamp_max) -> torch.nn.Module:
+    """``module`` with the fused activation: in its own epilogue (``clamp_min`` / ``clamp_max``: q8's int8 linear
+    and conv layers), or in an ``Int8Clamped`` after a layer without one."""
     if clamp_min is None and clamp_max is None:
         return module
-    if epilogue and hasattr(module, "clamp_min") and hasattr(module, "clamp_max"):
+    if hasattr(module, "clamp_min") and hasattr(module, "clamp_max"):
         module.clamp_min = None if clamp_min is None else float(clamp_min)
         module.clamp_max = None if clamp_max is None else float(clamp_max)
         return module
@@ -398,7 +399,7 @@ def _dynamic_fused(fused, activation: str) -> torch.nn.Module:
     layer = fused.folded_layer()
     clamp = fused.clamp()
     if isinstance(fused, FusedLinear):
-        return _clamped(Int8Linear.from_float(layer, activation), *clamp, epilogue=False)
+        return _clamped(Int8Linear.from_float(layer, activation), *clamp)
     return _dynamic_conv(layer, activation, clamp)
 
 

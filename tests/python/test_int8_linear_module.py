@@ -191,11 +191,56 @@ def test_from_float_argument_errors():
         Int8Linear.from_float(lin, "static", torch.tensor([0.1, 0.2]), 3)
     with pytest.raises(TypeError, match=r"expected a torch.nn.Linear, got Conv1d"):
         Int8Linear.from_float(nn.Conv1d(8, 4, 1))
+    with pytest.raises(ValueError, match=r"Int8Linear: clamp_min must be <= clamp_max, got 1.0 and 0.0"):
+        Int8Linear.from_float(lin, clamp_min=1, clamp_max=0)
+    with pytest.raises(ValueError, match=r"Int8Linear: clamp_min / clamp_max must not be NaN"):
+        Int8Linear(8, 4, clamp_max=float("nan"))
+    m = Int8Linear.from_float(lin)
+    m.clamp_min = float("nan")  # set past the constructor: the op says what is wrong
+    with pytest.raises(RuntimeError, match=r"q8.linear: clamp_min must not be NaN"):
+        m(torch.randn(2, 8))
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_fused_clamp_is_the_activation_after_the_layer(device, mode):
+    """Int8Linear(clamp_min, clamp_max) == act(Int8Linear(...)) for ReLU / ReLU6 / Hardtanh, bit for bit."""
+    lin, plain = make(mode, device=device)
+    x = torch.randn(3, 5, 64, device=device) * 2
+    for (lo, hi), act in [((0.0, None), F.relu), ((0.0, 6.0), F.relu6), ((-0.25, 0.25), lambda y: F.hardtanh(y, -0.25, 0.25))]:
+        kw = dict(input_scale=plain.input_scale, input_zero_point=plain.input_zero_point) if mode == "static" else {}
+        fused = Int8Linear.from_float(lin, mode, clamp_min=lo, clamp_max=hi, **kw)
+        assert (fused.clamp_min, fused.clamp_max) == (lo, hi)
+        assert_same(fused(x), act(plain(x)))
+        assert_same(fused(x.half()), act(plain(x.half())))
+
+
+def test_clamp_survives_copies_and_old_pickles(tmp_path):
+    lin = nn.Linear(16, 8)
+    m = Int8Linear.from_float(lin, clamp_min=0.0, clamp_max=6.0)
+    x = torch.randn(4, 16) * 3
+    y = m(x)
+    for clone in (copy.deepcopy(m), pickle.loads(pickle.dumps(m))):
+        assert (clone.clamp_min, clone.clamp_max) == (0.0, 6.0)
+        assert_same(clone(x), y)
+    # A layer pickled by a q8 without the fused clamp (no clamp attributes) loads without one.
+    old = Int8Linear.from_float(lin)
+    state = old.__reduce_ex__(2)[2]
+    del state["clamp_min"], state["clamp_max"]
+    revived = Int8Linear.__new__(Int8Linear)
+    revived.__setstate__(state)
+    assert revived.clamp_min is None and revived.clamp_max is None
+    assert_same(revived(x), old(x))
+    # state_dicts hold tensors only: loading one keeps the receiving layer's clamp.
+    fresh = Int8Linear(16, 8, clamp_min=0.0)
+    fresh.load_state_dict(old.state_dict())
+    assert_same(fresh(x), F.relu(old(x)))
 
 
 def test_repr():
     _, m = make("weight_only", k=16, n=8)
     assert repr(m) == "Int8Linear(in_features=16, out_features=8, bias=True, activation='weight_only')"
+    m.clamp_min = 0.0
+    assert repr(m).endswith("activation='weight_only', clamp=(0.0, None))")
     assert "activation='static'" in repr(Int8Linear(3, 2, bias=False, activation="static"))
     assert "bias=False" in repr(Int8Linear(3, 2, bias=False))
 
@@ -546,11 +591,13 @@ class AllModes(nn.Module):
         self.dynamic = Int8Linear.from_float(nn.Linear(32, 16, device=device))
         self.static = Int8Linear.from_float(nn.Linear(32, 16, bias=False, device=device), "static", s, z)
         self.weight_only = Int8Linear.from_float(nn.Linear(32, 16, device=device), "weight_only")
-        self.seq = q8.quantize_dynamic(nn.Sequential(nn.Linear(32, 16), nn.ReLU(), nn.Linear(16, 8)).to(device))
+        self.seq = q8.quantize_dynamic(nn.Sequential(nn.Linear(32, 16), nn.ReLU6(), nn.Linear(16, 8)).to(device))
+        assert self.seq[0].clamp_max == 6.0  # the fused ReLU6, in q8.linear's epilogue
+        self.relu = Int8Linear.from_float(nn.Linear(32, 16, device=device), "static", s, z, clamp_min=0.0)
 
     def forward(self, x: torch.Tensor):
         return (self.dynamic(x), self.static(x), self.weight_only(x), self.seq(x),
-                self.dynamic(x.to(torch.bfloat16)))
+                self.dynamic(x.to(torch.bfloat16)), self.relu(x))
 
 
 def _scripted_all_modes(tmp_path, device):
@@ -573,6 +620,9 @@ def test_torchscript_save_load_in_new_process(tmp_path, device):
     for name in ("dynamic", "static", "weight_only"):
         assert torch.equal(getattr(loaded, name)._packed, getattr(model, name)._packed)
     assert loaded.static.activation == "static" and loaded.static.bias is None
+    assert (loaded.relu.clamp_min, loaded.relu.clamp_max) == (0.0, None) and loaded.static.clamp_min is None
+    assert (getattr(loaded.seq, "0").clamp_min, getattr(loaded.seq, "0").clamp_max) == (0.0, 6.0)
+    assert (eager[5] == 0).any() and (eager[5] >= 0).all()
     # The scripted layers' buffers are the canonical ones (TorchScript's state_dict has
     # no _q8_format key: that is added by the eager module's _save_to_state_dict).
     assert set(loaded.static.state_dict()) == {"weight_int8", "weight_scale", "input_scale", "input_zero_point"}
@@ -636,8 +686,9 @@ def test_cpp_torchscript_round_trip(tmp_path):
 # ---------------------------------------------------------------------------- torch.compile / torch.export
 
 def _small_model(device):
-    return nn.Sequential(make("dynamic", 16, 8, device=device)[1], nn.ReLU(),
-                         make("weight_only", 8, 8, device=device)[1], nn.ReLU(),
+    clamped = make("weight_only", 8, 8, device=device)[1]
+    clamped.clamp_min, clamped.clamp_max = -0.5, 0.5  # a fused Hardtanh
+    return nn.Sequential(make("dynamic", 16, 8, device=device)[1], nn.ReLU(), clamped,
                          make("static", 8, 4, device=device)[1]).eval()
 
 

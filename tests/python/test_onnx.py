@@ -278,13 +278,16 @@ def test_converted_int8_model_and_ort_optimized(tmp_path):
 
 def test_weight_only_int8_linear(tmp_path):
     lin = torch.nn.Linear(16, 8)
-    model = torch.nn.Sequential(q8.nn.Int8Linear.from_float(lin, activation="weight_only"))
-    x = torch.randn(5, 16)
+    model = torch.nn.Sequential(q8.nn.Int8Linear.from_float(lin, activation="weight_only"),
+                                q8.nn.Int8Linear.from_float(torch.nn.Linear(8, 8), activation="weight_only",
+                                                            clamp_min=0.0, clamp_max=0.5))  # a fused Hardtanh
+    x = torch.randn(5, 16) * 4
     path = tmp_path / "w.onnx"
     q8onnx.export(model, (x,), path)
     nodes, consts = _nodes(path)
     assert "QuantizeLinear" not in [n.op_type for n in nodes]
     ref = model(x).numpy()
+    assert (ref == 0).any() and (ref == 0.5).any()
     np.testing.assert_allclose(_run(path, x), ref, rtol=0, atol=1e-5 * np.abs(ref).max())
 
 

@@ -16,8 +16,9 @@ turn the activation into the int8 layer's output clamp (see ``docs/fusion.md``).
 (``[min_val, max_val]``) or ``nn.Identity``: activations that are a clamp, so that the
 int8 layer's epilogue computes them exactly.
 
-:class:`Int8Clamped` applies a clamp after a layer that has no clamp of its own
-(``q8.nn.Int8Linear``: ``q8.linear`` has no clamp in its epilogue).
+:class:`Int8Clamped` applies a clamp after a layer that has no clamp of its own (q8's int8
+linear and conv layers have one: the converters use it; models pickled by a q8 whose
+``Int8Linear`` had none hold ``Int8Clamped`` and still load).
 """
 import copy
 from typing import Optional, Tuple

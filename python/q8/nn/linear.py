@@ -15,6 +15,12 @@ Two forms of the weight live on the module:
   any other ``_apply``, unpickling, TorchScript loading), and ``forward`` only reads
   it: it never repacks. If you modify ``weight_int8`` in place, call :meth:`repack`.
 
+A fused activation (what ``q8.fuse`` / ``q8.convert`` make of ``Linear -> ReLU`` or
+``ReLU6``) is the layer's ``clamp_min`` / ``clamp_max`` (floats, or None for an open
+side; ReLU is ``(0, None)``, ReLU6 ``(0, 6)``): the op clamps in its epilogue, in
+float32, NaN kept. Like ``activation``, they are configuration: ``torch.jit.save``,
+``pickle`` and ``deepcopy`` keep them; the state_dict holds tensors only.
+
 state_dict format (version :data:`FORMAT_VERSION`): the keys ``weight_int8``,
 ``weight_scale``, ``bias`` (when the layer has one), ``input_scale`` and
 ``input_zero_point`` (static only), plus ``_q8_format``, a 0-dim int64 tensor holding
@@ -73,6 +79,17 @@ def _check_activation(activation, where):
                          f"got {activation!r}")
 
 
+def _check_clamp(clamp_min, clamp_max, where):
+    """The clamp as floats (None kept); NaN or clamp_min > clamp_max is a ValueError."""
+    lo = None if clamp_min is None else float(clamp_min)
+    hi = None if clamp_max is None else float(clamp_max)
+    if lo != lo or hi != hi:
+        raise ValueError(f"{where}: clamp_min / clamp_max must not be NaN, got ({clamp_min}, {clamp_max})")
+    if lo is not None and hi is not None and lo > hi:
+        raise ValueError(f"{where}: clamp_min must be <= clamp_max, got {lo} and {hi}")
+    return lo, hi
+
+
 def _one_element(value, name):
     t = value.detach() if isinstance(value, Tensor) else torch.as_tensor(value)
     if t.numel() != 1:
@@ -111,6 +128,8 @@ class Int8Linear(torch.nn.Module):
             (per-row uint8 quantization at run time), ``"static"`` (one calibrated
             ``input_scale`` / ``input_zero_point``) or ``"weight_only"`` (float input).
         device: where the buffers (and the packed weight) are created.
+        clamp_min, clamp_max: a fused activation (ReLU: ``clamp_min=0``; ReLU6:
+            ``0, 6``), applied in the op's epilogue; None leaves a side open.
 
     A new layer has zero weights, unit scales, a zero bias and, for ``"static"``,
     ``input_scale = 1`` and ``input_zero_point = 0``: it is meant to be filled by
@@ -127,17 +146,20 @@ class Int8Linear(torch.nn.Module):
     in_features: int
     out_features: int
     activation: str
+    clamp_min: Optional[float]
+    clamp_max: Optional[float]
     weight_int8: Tensor
     weight_scale: Tensor
     _packed: Tensor
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, activation: str = "dynamic",
-                 device=None) -> None:
+                 device=None, clamp_min: Optional[float] = None, clamp_max: Optional[float] = None) -> None:
         super().__init__()
         _check_activation(activation, "Int8Linear")
         self.in_features = int(in_features)
         self.out_features = int(out_features)
         self.activation = activation
+        self.clamp_min, self.clamp_max = _check_clamp(clamp_min, clamp_max, "Int8Linear")
         self.register_buffer("weight_int8", torch.zeros(out_features, in_features, dtype=torch.int8, device=device))
         self.register_buffer("weight_scale", torch.ones(out_features, dtype=torch.float32, device=device))
         self.register_buffer("bias", torch.zeros(out_features, dtype=torch.float32, device=device) if bias else None)
@@ -149,14 +171,16 @@ class Int8Linear(torch.nn.Module):
 
     @classmethod
     def from_float(cls, linear: torch.nn.Linear, activation: str = "dynamic", input_scale=None,
-                   input_zero_point=None) -> "Int8Linear":
+                   input_zero_point=None, clamp_min: Optional[float] = None,
+                   clamp_max: Optional[float] = None) -> "Int8Linear":
         """An ``Int8Linear`` computing ``linear`` with its weight quantized by :func:`q8.quantize_weight`.
 
         The layer is created on ``linear``'s device; ``linear`` itself is not changed.
         ``activation="static"`` needs ``input_scale`` (a positive float) and
         ``input_zero_point`` (an integer in [0, 255]), e.g. from
         ``q8.choose_qparams(calibration_input, 0, 255)``; the other modes take neither.
-        The bias is kept in float32.
+        The bias is kept in float32. ``clamp_min`` / ``clamp_max``: a fused activation
+        (``linear`` followed by ReLU: ``clamp_min=0``).
         """
         if not isinstance(linear, torch.nn.Linear):
             raise TypeError(f"Int8Linear.from_float: expected a torch.nn.Linear, got {type(linear).__name__}")
@@ -177,7 +201,7 @@ class Int8Linear(torch.nn.Module):
         device = weight.device
         weight_int8, weight_scale = torch.ops.q8.quantize_weight(weight.to(torch.float32))
         module = cls(linear.in_features, linear.out_features, bias=linear.bias is not None, activation=activation,
-                     device=device)
+                     device=device, clamp_min=clamp_min, clamp_max=clamp_max)
         module.weight_int8 = weight_int8
         module.weight_scale = weight_scale
         if linear.bias is not None:
@@ -191,11 +215,14 @@ class Int8Linear(torch.nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return torch.ops.q8.linear(x, self._packed, self.weight_scale, self.bias, self.activation,
-                                   self.input_scale, self.input_zero_point)
+                                   self.input_scale, self.input_zero_point, self.clamp_min, self.clamp_max)
 
     def extra_repr(self) -> str:
-        return (f"in_features={self.in_features}, out_features={self.out_features}, "
-                f"bias={self.bias is not None}, activation={self.activation!r}")
+        r = (f"in_features={self.in_features}, out_features={self.out_features}, "
+             f"bias={self.bias is not None}, activation={self.activation!r}")
+        if self.clamp_min is not None or self.clamp_max is not None:
+            r += f", clamp=({self.clamp_min}, {self.clamp_max})"
+        return r
 
     def repack(self) -> None:
         """Rebuild the packed weight from ``weight_int8`` (after changing it in place)."""
@@ -277,19 +304,25 @@ class Int8Linear(torch.nn.Module):
 
     @torch.jit.export
     def __getstate__(self) -> Tuple[int, Tensor, Tensor, Optional[Tensor], Optional[Tensor], Optional[Tensor], str,
-                                    int, int, bool]:
+                                    int, int, bool, Optional[float], Optional[float]]:
         # What torch.jit.save stores for this module instead of its attributes: the
-        # canonical form only, never the packed weight.
+        # canonical form only, never the packed weight. (The clamp came after the
+        # first release, at the end: a TorchScript file carries the __setstate__ of the
+        # q8 that wrote it, so files of that release still load.)
         return (self._format_version, self.weight_int8, self.weight_scale, self.bias, self.input_scale,
-                self.input_zero_point, self.activation, self.in_features, self.out_features, self.training)
+                self.input_zero_point, self.activation, self.in_features, self.out_features, self.training,
+                self.clamp_min, self.clamp_max)
 
     @torch.jit.export
     def __setstate__(self, state: Tuple[int, Tensor, Tensor, Optional[Tensor], Optional[Tensor], Optional[Tensor],
-                                        str, int, int, bool]) -> None:
+                                        str, int, int, bool, Optional[float], Optional[float]]) -> None:
         if not torch.jit.is_scripting():
             if isinstance(state, dict):
                 # Eager unpickling / deepcopy (see __reduce_ex__); TorchScript's state
-                # is the tuple, so it compiles none of this branch.
+                # is the tuple, so it compiles none of this branch. A layer pickled
+                # before the fused clamp existed has none.
+                state.setdefault("clamp_min", None)
+                state.setdefault("clamp_max", None)
                 torch.nn.Module.__setstate__(self, state)
                 self.repack()
                 return
@@ -316,6 +349,8 @@ class Int8Linear(torch.nn.Module):
         self.in_features = state[7]
         self.out_features = state[8]
         self.training = state[9]
+        self.clamp_min = state[10]
+        self.clamp_max = state[11]
         self._packed = torch.ops.q8.pack_weight(state[1])
 
     def __reduce_ex__(self, protocol):
