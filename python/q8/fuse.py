@@ -160,9 +160,11 @@ def _act_module(clamp: Tuple[Optional[float], Optional[float]]) -> nn.Module:
 
 
 def _candidate(module: nn.Module) -> bool:
-    """Whether tracing ``module`` may find something: a conv, or a linear with a BatchNorm1d."""
+    """Whether tracing ``module`` may find something: a conv, or a linear with a BatchNorm1d or an activation
+    module (a linear followed by a functional ``F.relu`` only is fused where a conv made its module traced)."""
     types = {type(m) for m in module.modules()}
-    return bool(types & {nn.Conv1d, nn.Conv2d}) or (nn.Linear in types and nn.BatchNorm1d in types)
+    return bool(types & {nn.Conv1d, nn.Conv2d}) or (
+        nn.Linear in types and bool(types & {nn.BatchNorm1d, *ACTIVATIONS}))
 
 
 def _fx_groups(module: nn.Module, prefix: str) -> Optional[List[Tuple[List[str], Optional[tuple]]]]:
@@ -209,8 +211,6 @@ def _fx_groups(module: nn.Module, prefix: str) -> Optional[List[Tuple[List[str],
             names.append(qual(nxt.target))
             last, has_bn = nxt, True
             nxt = only_user(last)
-        if type(layer) is nn.Linear and not has_bn:
-            continue  # Linear -> act alone gains nothing (no clamp in q8.linear): left as it is
         kept = None
         if nxt is not None and nxt.args and nxt.args[0] is last:
             m = mod(nxt)
@@ -243,7 +243,7 @@ def _sequential_groups(seq: nn.Sequential, prefix: str) -> List[Tuple[List[str],
             chain.append(items[j][0])
             has_bn = True
             j += 1
-        if j < len(items) and type(items[j][1]) in ACTIVATIONS and (has_bn or type(layer) is not nn.Linear):
+        if j < len(items) and type(items[j][1]) in ACTIVATIONS:
             chain.append(items[j][0])
             j += 1
         if len(chain) >= 2:
@@ -257,8 +257,8 @@ def auto_fuse(model: nn.Module, skipped: Callable[[str], bool] = lambda name: Fa
     """Fuse, in place, the chains q8 can find in ``model``; returns the fused groups' qualified names.
 
     Chains: in the largest submodules ``torch.fx.symbolic_trace`` can trace, a
-    ``Conv1d / Conv2d`` (or a ``Linear`` followed by a ``BatchNorm1d``) called once,
-    whose output's only user is its BatchNorm (called once), whose output's only user
+    ``Conv1d / Conv2d / Linear`` called once, whose output's only user is its BatchNorm
+    (called once; optional), whose output's only user
     is an activation (``nn.ReLU`` / ``nn.ReLU6`` / ``nn.Hardtanh`` called once: replaced
     by ``nn.Identity``; shared, or a functional ``F.relu`` / ``torch.relu`` /
     ``F.relu6`` / ``F.hardtanh`` / ``.relu()``: kept where it is, its clamp fused too,
@@ -266,9 +266,9 @@ def auto_fuse(model: nn.Module, skipped: Callable[[str], bool] = lambda name: Fa
     of every ``nn.Sequential`` outside the traced submodules (fx's graph shows when a
     child's output is used elsewhere, e.g. a feature tap; the Sequential scan cannot,
     so it only runs where tracing failed). Modules whose name ``skipped`` returns True for (or
-    inside one) are not touched. A ``Linear -> activation`` without BatchNorm is not
-    fused (nothing to gain: use :func:`fuse_modules`); nor, with ``linear_bn=False``
-    (what :func:`q8.prepare_qat` passes: q8 has no QAT Linear-BN), a ``Linear -> BatchNorm1d``.
+    inside one) are not touched. ``Linear -> activation`` is fused too (the clamp goes into
+    ``q8.linear``'s epilogue); with ``linear_bn=False`` (what :func:`q8.prepare_qat` passes: q8
+    has no QAT Linear-BN), a ``Linear -> BatchNorm1d`` is not.
     """
     from .nn.fused import _Fused
 
@@ -290,7 +290,7 @@ def auto_fuse(model: nn.Module, skipped: Callable[[str], bool] = lambda name: Fa
             if parent_name and any(isinstance(model.get_submodule(parent_name.rsplit(".", k)[0]), _Fused)
                                    for k in range(parent_name.count(".") + 1)):
                 continue  # inside a fused container already
-            if not linear_bn and type(mods[0]) is nn.Linear:
+            if not linear_bn and type(mods[0]) is nn.Linear and any(type(m) is nn.BatchNorm1d for m in mods):
                 continue
             if any(count.get(id(m), 1) > 1 for m in mods if type(m) not in ACTIVATIONS):
                 continue

@@ -146,9 +146,9 @@ def test_auto_fuse_sequential():
     x = torch.randn(4, 3, 6, 6)
     expected = model(x)
     groups = auto_fuse(model)
-    # Linear -> ReLU without a BatchNorm is left alone (no clamp in q8.linear: nothing to gain).
-    assert groups == [["0", "1", "2"], ["3", "4", "5"], ["6", "7", "8"], ["10", "11", "12"]]
-    assert type(model[13]) is nn.Linear and type(model[14]) is nn.ReLU
+    # Linear -> ReLU without a BatchNorm too (the clamp goes into q8.linear's epilogue).
+    assert groups == [["0", "1", "2"], ["3", "4", "5"], ["6", "7", "8"], ["10", "11", "12"], ["13", "14"]]
+    assert type(model[13]) is FusedLinear and type(model[14]) is nn.Identity and not model[13].has_bn
     assert torch.equal(model(x), expected)
 
 
@@ -259,9 +259,9 @@ def test_quantize_dynamic_fuses_and_reports():
     report = q8.conversion_report(model)
     converted = {(e.name, e.from_type) for e in report.converted}
     assert {("0", "FusedConv2d"), ("3", "FusedConv2d"), ("6", "FusedConv2d"), ("10", "FusedLinear"),
-            ("13", "Linear")} <= converted
+            ("13", "FusedLinear")} <= converted
     assert not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
-    assert type(model[10]) is Int8Clamped and model[10].clamp_min == 0.0
+    assert type(model[10]) is q8.nn.Int8Linear and (model[10].clamp_min, model[10].clamp_max) == (0.0, None)
     out = model(x)
     _close(out, expected, 0.05)
 
@@ -391,15 +391,16 @@ def test_sequential_scan_where_fx_fails():
 
 
 def test_converted_layer_carries_the_clamp():
-    """The fused activation becomes the int8 conv's own clamp (q8.conv2d's epilogue, or the weight-only path's)."""
+    """The fused activation becomes the int8 layer's own clamp (q8.conv2d's and q8.linear's epilogue, or the
+    weight-only paths')."""
     model = _seq()
     x = torch.randn(4, 3, 6, 6)
     _ptq(model, x)
     assert type(model[3]) is q8.nn.Int8Conv2d
     assert (model[3].clamp_min, model[3].clamp_max) == (0.0, 6.0) and model[6].clamp_max == 3.0
     assert model[0].input_scale is not None
-    assert type(model[10]) is Int8Clamped and type(model[10].layer) is q8.nn.Int8Linear
-    assert type(model[13]) is q8.nn.Int8Linear and type(model[14]) is nn.ReLU
+    assert type(model[10]) is q8.nn.Int8Linear and (model[10].clamp_min, model[10].clamp_max) == (0.0, None)
+    assert type(model[13]) is q8.nn.Int8Linear and type(model[14]) is nn.Identity and model[13].clamp_min == 0.0
     model = _seq()
     q8.quantize_dynamic(model, "weight_only")
     layer = model[0]
@@ -407,6 +408,43 @@ def test_converted_layer_carries_the_clamp():
     expected = F.relu(F.conv2d(x, layer.dequantized_weight(), layer.bias, layer.stride, layer.padding,
                                layer.dilation, layer.groups))
     assert torch.equal(layer(x), expected)
+
+
+def test_qat_linear_relu_trains_fused_and_converts_to_the_epilogue_clamp():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(12, 16), nn.ReLU6(), nn.Linear(16, 4)).train()
+    q8.prepare_qat(model)
+    assert type(model[0]) is QATLinear and (model[0].clamp_min, model[0].clamp_max) == (0.0, 6.0)
+    assert type(model[1]) is nn.Identity
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    for _ in range(3):
+        x = torch.randn(32, 12) * 3
+        opt.zero_grad()
+        F.mse_loss(model(x), torch.randn(32, 4)).backward()
+        opt.step()
+    model.eval()
+    x = torch.randn(8, 12) * 3
+    x[0] *= 4
+    hidden = model[0](x)
+    assert (hidden == 0).any() and (hidden == 6).any()  # the QAT layer clamps like the ReLU6 it replaced
+    expected = model(x)
+    q8.convert(model)
+    assert type(model[0]) is q8.nn.Int8Linear and model[0].activation == "static"
+    assert (model[0].clamp_min, model[0].clamp_max) == (0.0, 6.0)
+    _close(model(x), expected, 0.02)
+
+
+def test_int8_clamped_equals_the_layer_clamp():
+    """Int8Clamped (what older q8 made of a Linear-ReLU; models pickled then still hold it) is the layer's own
+    clamp computed after it, NaN kept."""
+    lin = nn.Linear(16, 8)
+    x = torch.randn(4, 16) * 3
+    x[1, 0] = float("nan")
+    for lo, hi in [(0.0, None), (0.0, 6.0), (None, -0.1)]:
+        wrapped = Int8Clamped(q8.nn.Int8Linear.from_float(lin), lo, hi)
+        own = q8.nn.Int8Linear.from_float(lin, clamp_min=lo, clamp_max=hi)
+        torch.testing.assert_close(wrapped(x), own(x), rtol=0, atol=0, equal_nan=True)
+        assert torch.jit.script(wrapped)(x)[1].isnan().all()
 
 
 def test_prepare_qat_leaves_linear_bn_unfused():
