@@ -190,6 +190,33 @@ def test_linear_static_bit_identical(dtype, m):
         assert_same(y.cpu(), y_cpu)
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("m", MS)
+def test_linear_fused_clamp(dtype, m):
+    """The clamp in the CUDA epilogues: dynamic / static bit-identical to the CPU; weight_only the clamp of its
+    own unclamped output (NaN rows kept)."""
+    k, n = 70, 21
+    _, ws, pc, pd = make_weight(n, k)
+    x = (torch.randn(m, k) * 3).to(dtype)
+    x[m // 2, 1] = float("nan")
+    bias = torch.randn(n)
+    s, z = torch.tensor(0.03), torch.tensor(120)
+    for lo, hi in [(0.0, None), (0.0, 6.0), (None, -0.25), (0.5, 0.5)]:
+        for args in [("dynamic", None, None), ("static", s, z)]:
+            y_cpu = q8.linear(x, pc, ws, bias, *args, lo, hi)
+            dev_args = [a.to(DEV) if isinstance(a, torch.Tensor) else a for a in args]
+            y = q8.linear(x.to(DEV), pd, ws.to(DEV), bias.to(DEV), *dev_args, lo, hi)
+            assert_same(y.cpu(), y_cpu)
+        plain = q8.linear(x.to(DEV), pd, ws.to(DEV), bias.to(DEV), "weight_only").float()
+        y = q8.linear(x.to(DEV), pd, ws.to(DEV), bias.to(DEV), "weight_only", None, None, lo, hi)
+        ref = plain if lo is None else torch.clamp(plain, min=lo)
+        ref = ref if hi is None else torch.clamp(ref, max=hi)
+        if dtype == torch.float32:
+            assert_same(y, ref)
+        else:  # (the kernel clamps its float32 result; plain is already rounded: clamp and rounding commute)
+            assert_same(y, ref.to(dtype))
+
+
 def test_linear_ties_and_extremes():
     k, n = 16, 16
     _, ws, pc, pd = make_weight(n, k)
