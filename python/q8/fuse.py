@@ -252,8 +252,7 @@ def _sequential_groups(seq: nn.Sequential, prefix: str) -> List[Tuple[List[str],
     return groups
 
 
-def auto_fuse(model: nn.Module, skipped: Callable[[str], bool] = lambda name: False,
-              linear_bn: bool = True) -> List[List[str]]:
+def auto_fuse(model: nn.Module, skipped: Callable[[str], bool] = lambda name: False) -> List[List[str]]:
     """Fuse, in place, the chains q8 can find in ``model``; returns the fused groups' qualified names.
 
     Chains: in the largest submodules ``torch.fx.symbolic_trace`` can trace, a
@@ -267,8 +266,7 @@ def auto_fuse(model: nn.Module, skipped: Callable[[str], bool] = lambda name: Fa
     child's output is used elsewhere, e.g. a feature tap; the Sequential scan cannot,
     so it only runs where tracing failed). Modules whose name ``skipped`` returns True for (or
     inside one) are not touched. ``Linear -> activation`` is fused too (the clamp goes into
-    ``q8.linear``'s epilogue); with ``linear_bn=False`` (what :func:`q8.prepare_qat` passes: q8
-    has no QAT Linear-BN), a ``Linear -> BatchNorm1d`` is not.
+    ``q8.linear``'s epilogue).
     """
     from .nn.fused import _Fused
 
@@ -290,8 +288,6 @@ def auto_fuse(model: nn.Module, skipped: Callable[[str], bool] = lambda name: Fa
             if parent_name and any(isinstance(model.get_submodule(parent_name.rsplit(".", k)[0]), _Fused)
                                    for k in range(parent_name.count(".") + 1)):
                 continue  # inside a fused container already
-            if not linear_bn and type(mods[0]) is nn.Linear and any(type(m) is nn.BatchNorm1d for m in mods):
-                continue
             if any(count.get(id(m), 1) > 1 for m in mods if type(m) not in ACTIVATIONS):
                 continue
             layer_name = names[0]

@@ -30,7 +30,7 @@ from .nn.conv import Int8Conv1d, Int8Conv2d
 from .nn.fused import FusedConv1d, FusedConv2d, FusedLinear, Int8Clamped, _Fused
 from .nn.linear import Int8Linear
 from .nn.qat import FakeQuantize, QATConv1d, QATConv2d, QATLinear, _config
-from .nn.qat_conv import QATConvBn1d, QATConvBn2d, _QATConvBnMixin
+from .nn.qat_conv import QATConvBn1d, QATConvBn2d, QATLinearBn1d, _QATConvBnMixin
 
 __all__ = [
     "QConfig",
@@ -68,8 +68,8 @@ def _skip_check(model: torch.nn.Module, skip, where: str):
     return skipped
 
 
-def _swap(model: torch.nn.Module, mode: str, arg, skip, where: str, fuse: bool = False, fold: bool = False,
-          linear_bn: bool = True) -> torch.nn.Module:
+def _swap(model: torch.nn.Module, mode: str, arg, skip, where: str, fuse: bool = False,
+          fold: bool = False) -> torch.nn.Module:
     """Convert ``model`` with the registry's ``mode`` converters (see :mod:`q8.registry`).
 
     ``fuse``: first fuse the conv / linear -> BN -> activation chains q8 finds (:func:`q8.fuse.auto_fuse`);
@@ -79,7 +79,7 @@ def _swap(model: torch.nn.Module, mode: str, arg, skip, where: str, fuse: bool =
         raise TypeError(f"{where}: expected a torch.nn.Module, got {type(model).__name__}")
     skipped = _skip_check(model, skip, where)
     if fuse:
-        auto_fuse(model, skipped, linear_bn=linear_bn)
+        auto_fuse(model, skipped)
     if fold:
         for name, m in model.named_modules():
             if isinstance(m, _Fused) and not skipped(name):
@@ -125,8 +125,8 @@ def quantize_dynamic(model: torch.nn.Module, activation: str = "dynamic", skip: 
 
 
 def _swap_for_qat(model: torch.nn.Module, config: QConfig, where: str, fold: bool) -> torch.nn.Module:
-    # QAT keeps BatchNorms training (QATConvBn2d); q8 has no QAT Linear-BN, so those stay unfused.
-    return _swap(model, "qat", config, config.skip, where, fuse=config.fuse, fold=fold, linear_bn=fold)
+    # QAT keeps BatchNorms training (QATConvBn2d, QATLinearBn1d); static PTQ (fold) folds them first.
+    return _swap(model, "qat", config, config.skip, where, fuse=config.fuse, fold=fold)
 
 
 def prepare_qat(model: torch.nn.Module, config: Optional[QConfig] = None) -> torch.nn.Module:
@@ -141,9 +141,10 @@ def prepare_qat(model: torch.nn.Module, config: Optional[QConfig] = None) -> tor
 
     With ``config.fuse`` (the default) ``conv -> BatchNorm (-> ReLU)`` chains are fused
     first (``docs/fusion.md``): a chain with a BatchNorm becomes a
-    :class:`q8.nn.QATConvBn2d` (the folded weight fake-quantized while the BN statistics
-    keep updating; :func:`freeze_bn_stats` freezes them, usually for the last epochs),
-    one without a :class:`q8.nn.QATConv2d` whose output is clamped by the activation.
+    :class:`q8.nn.QATConvBn2d` (or ``QATLinearBn1d``: the folded weight fake-quantized
+    while the BN statistics keep updating; :func:`freeze_bn_stats` freezes them, usually
+    for the last epochs), one without a :class:`q8.nn.QATConv2d` / ``QATLinear`` whose
+    output is clamped by the activation.
     """
     return _swap_for_qat(model, _config(config, "q8.prepare_qat"), "q8.prepare_qat", fold=False)
 
@@ -324,16 +325,21 @@ def _input_qparams(layer, where: str):
 
 
 def _convert_linear(layer, name: str) -> Int8Linear:
+    """QATLinear / QATLinearBn1d (folded with the running statistics) -> a static Int8Linear with the clamp."""
     where = f"q8.convert: layer {name or '<model>'!r}"
-    codes, scale = _weight_qparams(layer, where)
+    if isinstance(layer, _QATConvBnMixin):
+        weight, bias = layer.folded_weight_and_bias()
+    else:
+        weight, bias = layer.weight, layer.bias
+    codes, scale = _weight_qparams(layer, where, weight)
     input_scale, input_zero_point = _input_qparams(layer, where)
     device = layer.weight.device
-    module = Int8Linear(layer.in_features, layer.out_features, bias=layer.bias is not None, activation="static",
+    module = Int8Linear(layer.in_features, layer.out_features, bias=bias is not None, activation="static",
                         device=device)
     module.weight_int8 = codes.contiguous()
     module.weight_scale = scale.contiguous()
-    if layer.bias is not None:
-        module.bias = layer.bias.detach().to(torch.float32).clone()
+    if bias is not None:
+        module.bias = bias.detach().to(torch.float32).clone()
     module.input_scale = input_scale.reshape(()).to(device=device, dtype=torch.float32).clone()
     module.input_zero_point = input_zero_point.reshape(()).to(device=device, dtype=torch.int32).clone()
     module.train(layer.training)
@@ -404,11 +410,11 @@ def _dynamic_fused(fused, activation: str) -> torch.nn.Module:
 
 
 def _qat_fused(fused, config: QConfig) -> torch.nn.Module:
-    """FusedConv / FusedLinear -> QATConvBn (BN kept, training) or a QAT layer with the clamp (no BN)."""
+    """FusedConv / FusedLinear -> QATConvBn / QATLinearBn1d (BN kept, training) or a QAT layer with the clamp
+    (no BN)."""
     if isinstance(fused, FusedLinear):
         if fused.has_bn:
-            raise NotImplementedError("q8 has no QAT Linear + BatchNorm1d: prepare_qat leaves it float (fold it "
-                                      "with model.eval() and q8.prepare, or q8.nn.fused.fold_bn, first)")
+            return QATLinearBn1d.from_fused(fused, config)
         qat = QATLinear.from_float(fused.linear, config)
     elif fused.has_bn:
         cls = QATConvBn2d if isinstance(fused, FusedConv2d) else QATConvBn1d
@@ -534,7 +540,8 @@ def _register_builtins() -> None:
     reg = registry.register_converter
     nn = torch.nn
     reg(nn.Linear, dynamic=lambda m, a: Int8Linear.from_float(m, a), qat=lambda m, c: QATLinear.from_float(m, c))
-    reg(QATLinear, convert=lambda m: _convert_linear(m, _name()))
+    for t in (QATLinear, QATLinearBn1d):
+        reg(t, convert=lambda m: _convert_linear(m, _name()))
     reg(nn.Conv2d, dynamic=_dynamic_conv, qat=lambda m, c: QATConv2d.from_float(m, c))
     reg(nn.Conv1d, dynamic=_dynamic_conv, qat=lambda m, c: QATConv1d.from_float(m, c))
     for t in (QATConv2d, QATConv1d, QATConvBn2d, QATConvBn1d):

@@ -447,14 +447,19 @@ def test_int8_clamped_equals_the_layer_clamp():
         assert torch.jit.script(wrapped)(x)[1].isnan().all()
 
 
-def test_prepare_qat_leaves_linear_bn_unfused():
+def test_prepare_qat_fuses_linear_bn():
+    """Linear -> BatchNorm1d -> ReLU becomes a QATLinearBn1d (tests/python/test_qat_convbn.py checks it against
+    torch.ao's LinearBn1d), found automatically or named by hand."""
+    from q8.nn.qat_conv import QATLinearBn1d
+
     model = _seq().train()
     q8.prepare_qat(model)
-    assert type(model[10]) is QATLinear and type(model[11]) is nn.BatchNorm1d and type(model[12]) is nn.ReLU
-    hand = fuse_modules(_seq(), ["10", "11", "12"])
-    q8.prepare_qat(hand)
+    assert type(model[10]) is QATLinearBn1d and type(model[11]) is nn.Identity and type(model[12]) is nn.Identity
+    assert model[10].clamp_min == 0.0 and model[10].bn.training
+    hand = fuse_modules(_seq().train(), ["10", "11", "12"])
+    q8.prepare_qat(hand, q8.QConfig(fuse=False))
     entry = [e for e in q8.conversion_report(hand).entries if e.name == "10"][0]
-    assert entry.status == "refused" and "Linear + BatchNorm1d" in entry.reason
+    assert entry.status == "converted" and type(hand[10]) is QATLinearBn1d
 
 
 class Aliased(nn.Module):

@@ -16,7 +16,8 @@
   recurrent layers (``q8/nn/rnn.py``);
 * :class:`FusedConv2d`, :class:`FusedConv1d`, :class:`FusedLinear`: conv / linear -> BatchNorm ->
   activation chains fused for quantization (``q8.fuse_modules``, ``docs/fusion.md``);
-  :class:`QATConvBn2d`, :class:`QATConvBn1d`: QAT conv-BN with ``freeze_bn_stats``;
+  :class:`QATConvBn2d`, :class:`QATConvBn1d`, :class:`QATLinearBn1d`: QAT conv / linear + BN with
+  ``freeze_bn_stats``;
 * :class:`FakeQuantize`: an observer + fake quantization (QAT and calibration);
 * :class:`QATLinear`, :class:`QATConv2d`: layers with fake-quantized weights and inputs;
   :class:`QATEmbedding`, :class:`QATEmbeddingBag`: tables fake-quantized per row.
@@ -32,12 +33,12 @@ from .fused import FusedConv1d, FusedConv2d, FusedLinear, Int8Clamped
 from .hf import QATConv1D
 from .linear import FORMAT_VERSION, Int8Linear
 from .qat import FakeQuantize, QATConv1d, QATConv2d, QATLinear
-from .qat_conv import QATConvBn1d, QATConvBn2d
+from .qat_conv import QATConvBn1d, QATConvBn2d, QATLinearBn1d
 from .qat_embedding import QATEmbedding, QATEmbeddingBag
 from .rnn import RNN_FORMAT_VERSION, Int8GRU, Int8GRUCell, Int8LSTM, Int8LSTMCell, Int8RNN, Int8RNNCell
 
 __all__ = ["FORMAT_VERSION", "RNN_FORMAT_VERSION", "FakeQuantize", "FusedConv1d", "FusedConv2d", "FusedLinear",
            "Int8Clamped", "Int8Conv1d", "Int8Conv2d", "Int8Embedding", "Int8EmbeddingBag",
            "Int8GRU", "Int8GRUCell", "Int8LSTM", "Int8LSTMCell", "Int8Linear", "Int8MultiheadAttention", "Int8RNN",
-           "Int8RNNCell", "Int8TransformerEncoder", "Int8TransformerEncoderLayer", "QATConv1D", "QATConv1d", "QATConv2d", "QATConvBn1d", "QATConvBn2d", "QATEmbedding", "QATEmbeddingBag", "QATLinear",
+           "Int8RNNCell", "Int8TransformerEncoder", "Int8TransformerEncoderLayer", "QATConv1D", "QATConv1d", "QATConv2d", "QATConvBn1d", "QATConvBn2d", "QATEmbedding", "QATEmbeddingBag", "QATLinear", "QATLinearBn1d",
            "QATMultiheadAttention"]

@@ -25,20 +25,27 @@ the clamp.
 The weight fake quantizer is q8's :class:`q8.nn.FakeQuantize` per output channel (as
 :class:`q8.nn.QATConv2d`); the input is fake-quantized per tensor (q8 quantizes a
 layer's input, where torch.ao quantizes the previous layer's output).
+
+:class:`QATLinearBn1d` is the same for ``nn.Linear -> nn.BatchNorm1d (-> activation)``
+(``torch.ao.nn.intrinsic.qat.LinearBn1d``'s forward, which has no ReLU variant; q8 adds
+the clamp), on ``[N, features]`` inputs as ``BatchNorm1d`` after a linear takes them;
+:func:`q8.convert` makes a :class:`q8.nn.Int8Linear` of it.
 """
 from typing import Optional
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..config import QConfig
 from .qat import _clamp, _config
 
-__all__ = ["QATConvBn1d", "QATConvBn2d", "freeze_bn_stats", "update_bn_stats"]
+__all__ = ["QATConvBn1d", "QATConvBn2d", "QATLinearBn1d", "freeze_bn_stats", "update_bn_stats"]
 
 
 class _QATConvBnMixin:
-    """The shared part of :class:`QATConvBn1d` / :class:`QATConvBn2d`."""
+    """The shared part of :class:`QATConvBn1d` / :class:`QATConvBn2d` / :class:`QATLinearBn1d`; the layer's
+    ``_fold_forward(x, weight, bias)`` computes it with the given (folded) weight."""
 
     def _qat_bn_init(self, bn_type, out_channels: int, eps: float, momentum: Optional[float], freeze_bn: bool,
                      config: Optional[QConfig], device, dtype) -> None:
@@ -83,8 +90,8 @@ class _QATConvBnMixin:
         weight_shape = [-1] + [1] * (self.weight.dim() - 1)
         bias_shape = [1, -1] + [1] * (self.weight.dim() - 2)
         scaled_weight = self.weight_fake_quant(self.weight * scale_factor.reshape(weight_shape))
-        zero_bias = torch.zeros(self.out_channels, device=scaled_weight.device, dtype=x.dtype)
-        y = self._conv_forward(x, scaled_weight, zero_bias)
+        zero_bias = torch.zeros(self.weight.shape[0], device=scaled_weight.device, dtype=x.dtype)
+        y = self._fold_forward(x, scaled_weight, zero_bias)
         y = y / scale_factor.reshape(bias_shape)
         bias = self.bias
         if bias is not None:
@@ -165,6 +172,9 @@ class QATConvBn2d(_QATConvBnMixin, nn.Conv2d):
                             f"{type(fused).__name__}")
         return cls._from_fused(fused, config)
 
+    def _fold_forward(self, x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
+        return self._conv_forward(x, weight, bias)
+
     def forward(self, input: Tensor) -> Tensor:
         return self._qat_forward(input)
 
@@ -193,6 +203,53 @@ class QATConvBn1d(_QATConvBnMixin, nn.Conv1d):
             raise TypeError(f"QATConvBn1d.from_fused: expected a q8.nn.FusedConv1d with a BatchNorm1d, got "
                             f"{type(fused).__name__}")
         return cls._from_fused(fused, config)
+
+    def _fold_forward(self, x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
+        return self._conv_forward(x, weight, bias)
+
+    def forward(self, input: Tensor) -> Tensor:
+        return self._qat_forward(input)
+
+
+class QATLinearBn1d(_QATConvBnMixin, nn.Linear):
+    """``nn.Linear`` + ``nn.BatchNorm1d`` (+ clamp) for QAT, as :class:`QATConvBn2d`; like ``torch.ao``'s
+    ``LinearBn1d``. Inputs ``[N, in_features]`` (what ``BatchNorm1d`` after a linear takes)."""
+
+    clamp_min: Optional[float]
+    clamp_max: Optional[float]
+    freeze_bn: bool
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, eps: float = 1e-5,
+                 momentum: Optional[float] = 0.1, freeze_bn: bool = False, config: Optional[QConfig] = None,
+                 device=None, dtype=None) -> None:
+        super().__init__(in_features, out_features, bias, device=device, dtype=dtype)
+        self._qat_bn_init(nn.BatchNorm1d, out_features, eps, momentum, freeze_bn, config, device, dtype)
+
+    @classmethod
+    def from_fused(cls, fused, config: Optional[QConfig] = None) -> "QATLinearBn1d":
+        """From a :class:`q8.nn.fused.FusedLinear` with a BatchNorm1d: **shares** its linear parameters and BN."""
+        from .fused import FusedLinear
+
+        if not isinstance(fused, FusedLinear) or not fused.has_bn:
+            raise TypeError(f"QATLinearBn1d.from_fused: expected a q8.nn.FusedLinear with a BatchNorm1d, got "
+                            f"{type(fused).__name__}")
+        linear, bn = fused.linear, fused.bn
+        config = _config(config)
+        qat = cls(linear.in_features, linear.out_features, linear.bias is not None, bn.eps, bn.momentum, False,
+                  config, device="meta")
+        device = linear.weight.device
+        qat.weight = linear.weight
+        qat.bias = linear.bias
+        qat.bn = bn  # shared: its parameters and running statistics keep training
+        qat.weight_fake_quant = config.weight_fake_quant(linear.out_features, device=device)
+        qat.input_fake_quant = config.activation_fake_quant(device=device)
+        qat.clamp_min, qat.clamp_max = fused.clamp()
+        qat.freeze_bn = False
+        qat.train(fused.training)
+        return qat
+
+    def _fold_forward(self, x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
+        return F.linear(x, weight, bias)
 
     def forward(self, input: Tensor) -> Tensor:
         return self._qat_forward(input)
