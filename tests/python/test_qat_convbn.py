@@ -67,6 +67,8 @@ def _linear_pair(relu: bool, bias: bool, seed: int = 0):
     cls = LinearBnReLU1d if relu else LinearBn1d
     ref = cls(4 * 7 * 7, 6, bias=bias, qconfig=_torch_qconfig())
     with torch.no_grad():
+        if bias:
+            ref.bias.uniform_(-0.1, 0.1)  # (LinearBn1d leaves its bias uninitialized: torch.empty)
         ref.bn.weight.uniform_(0.5, 1.5)
         ref.bn.bias.uniform_(-0.5, 0.5)
         ref.bn.running_mean.uniform_(-0.3, 0.3)

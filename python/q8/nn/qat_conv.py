@@ -123,16 +123,21 @@ class _QATConvBnMixin:
         qat = cls(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding, conv.dilation,
                   conv.groups, conv.bias is not None, conv.padding_mode, bn.eps, bn.momentum, False, config,
                   device="meta")
-        device = conv.weight.device
-        qat.weight = conv.weight
-        qat.bias = conv.bias
-        qat.bn = bn  # shared: its parameters and running statistics keep training
-        qat.weight_fake_quant = config.weight_fake_quant(conv.out_channels, device=device)
-        qat.input_fake_quant = config.activation_fake_quant(device=device)
-        qat.clamp_min, qat.clamp_max = fused.clamp()
-        qat.freeze_bn = False
-        qat.train(fused.training)
-        return qat
+        return qat._adopt(fused, conv, config)
+
+    def _adopt(self, fused, layer, config: QConfig):
+        """This meta-device shell made of ``fused``: ``layer``'s parameters and the BN shared, fake quantizers on
+        the layer's device, the fused clamp, BN statistics training as ``fused``."""
+        device = layer.weight.device
+        self.weight = layer.weight
+        self.bias = layer.bias
+        self.bn = fused.bn  # shared: its parameters and running statistics keep training
+        self.weight_fake_quant = config.weight_fake_quant(layer.weight.shape[0], device=device)
+        self.input_fake_quant = config.activation_fake_quant(device=device)
+        self.clamp_min, self.clamp_max = fused.clamp()
+        self.freeze_bn = False
+        self.train(fused.training)
+        return self
 
     def extra_repr(self) -> str:
         s = super().extra_repr()
@@ -237,16 +242,7 @@ class QATLinearBn1d(_QATConvBnMixin, nn.Linear):
         config = _config(config)
         qat = cls(linear.in_features, linear.out_features, linear.bias is not None, bn.eps, bn.momentum, False,
                   config, device="meta")
-        device = linear.weight.device
-        qat.weight = linear.weight
-        qat.bias = linear.bias
-        qat.bn = bn  # shared: its parameters and running statistics keep training
-        qat.weight_fake_quant = config.weight_fake_quant(linear.out_features, device=device)
-        qat.input_fake_quant = config.activation_fake_quant(device=device)
-        qat.clamp_min, qat.clamp_max = fused.clamp()
-        qat.freeze_bn = False
-        qat.train(fused.training)
-        return qat
+        return qat._adopt(fused, linear, config)
 
     def _fold_forward(self, x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
         return F.linear(x, weight, bias)
