@@ -167,10 +167,11 @@ def _train_and_compare(ref, ours, steps: int, freeze_after: int, atol: float):
     torch.testing.assert_close(ours(x), ref(x), atol=atol, rtol=1e-5)
 
 
+@pytest.mark.parametrize("kind", ["conv", "linear"])
 @pytest.mark.parametrize("relu", [False, True])
 @pytest.mark.parametrize("bias", [False, True])
-def test_matches_torch_ao_without_fake_quant(relu, bias):
-    ref, ours = _pair(relu, bias)
+def test_matches_torch_ao_without_fake_quant(kind, relu, bias):
+    ref, ours = (_pair if kind == "conv" else _linear_pair)(relu, bias)
     ref.weight_fake_quant.disable_fake_quant()
     ref.weight_fake_quant.disable_observer()
     ours.weight_fake_quant.enable_fake_quant(False)
@@ -184,17 +185,6 @@ def test_matches_torch_ao_with_fixed_weight_qparams(relu, groups):
     ref, ours = _pair(relu, bias=True, groups=groups, seed=3)
     _fix_weight_qparams(ref, ours)
     _train_and_compare(ref, ours, steps=6, freeze_after=4, atol=5e-5)
-
-
-@pytest.mark.parametrize("relu", [False, True])
-@pytest.mark.parametrize("bias", [False, True])
-def test_linear_bn_matches_torch_ao_without_fake_quant(relu, bias):
-    ref, ours = _linear_pair(relu, bias)
-    ref.weight_fake_quant.disable_fake_quant()
-    ref.weight_fake_quant.disable_observer()
-    ours.weight_fake_quant.enable_fake_quant(False)
-    ours.weight_fake_quant.enable_observer(False)
-    _train_and_compare(ref, ours, steps=6, freeze_after=3, atol=2e-5)
 
 
 @pytest.mark.parametrize("relu", [False, True])
