@@ -13,8 +13,9 @@ next one quantizes it again with its ``input_scale`` / ``input_zero_point``.
   for bit; a max pool on the way (``nn.MaxPool2d``, ``F.max_pool2d``) becomes
   ``q8.max_pool2d`` on the codes, exact too (quantization is monotone: the max of the
   codes is the code of the max, see :func:`_max_pool_args`);
-* a conv read only by a ReLU / ReLU6 / Hardtanh gets it as its ``clamp_min`` /
-  ``clamp_max`` (the same comparisons in float32; composed with a clamp it already has);
+* a conv or an ``Int8Linear`` read only by a ReLU / ReLU6 / Hardtanh gets it as its
+  ``clamp_min`` / ``clamp_max`` (the same comparisons in float32; composed with a clamp it
+  already has);
 * ``add(conv_out, other)`` or ``add(other, conv_out)`` (``+``, ``+=``, ``torch.add``,
   ``Tensor.add`` / ``add_``, without ``alpha``) with ``conv_out`` read only by that add,
   followed or not by a ReLU / ReLU6 (module, function or method, in place or not),
@@ -65,6 +66,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .nn.conv import Int8Conv2d
+from .nn.linear import Int8Linear
 from .quantization import _run_batches
 
 __all__ = ["lower"]
@@ -98,6 +100,14 @@ def _conv_of(gm: torch.fx.GraphModule, node: torch.fx.Node) -> Optional[Int8Conv
         return None
     m = gm.get_submodule(node.target)
     return m if isinstance(m, Int8Conv2d) else None
+
+
+def _clamping_layer_of(gm: torch.fx.GraphModule, node: torch.fx.Node):
+    """The int8 conv or linear a call_module node calls (layers with a clamp in their epilogue), else None."""
+    if node.op != "call_module":
+        return None
+    m = gm.get_submodule(node.target)
+    return m if isinstance(m, (Int8Conv2d, Int8Linear)) else None
 
 
 def _is_add(node: torch.fx.Node) -> bool:
@@ -314,13 +324,14 @@ def _lower_graph(gm: torch.fx.GraphModule, report: List[str], ranges: Optional[D
             if why:
                 report.append(f"{node.name}: add left as a float op ({'; '.join(why)})")
 
-    # 1b. conv -> ReLU / ReLU6 / Hardtanh (read only by it) -> conv clamp. A conv that
-    # already clamps (q8.fuse keeps a functional ReLU after the conv it fused it into)
-    # gets the composition: clamp(clamp(y, a, b), c, d) == clamp(y, max(a, c), min(b, d))
+    # 1b. conv or linear -> ReLU / ReLU6 / Hardtanh (read only by it) -> the layer's clamp. A
+    # layer that already clamps (q8.fuse keeps a functional ReLU after the layer it fused it
+    # into) gets the composition: clamp(clamp(y, a, b), c, d) == clamp(y, max(a, c), min(b, d))
     # whenever max(a, c) <= min(b, d) (NaN stays NaN either way).
     for node in list(graph.nodes):
-        conv = _conv_of(gm, node)
-        if conv is None or node.target not in once or len(node.users) != 1 or conv.output_scale is not None:
+        conv = _clamping_layer_of(gm, node)
+        if conv is None or node.target not in once or len(node.users) != 1 or \
+                getattr(conv, "output_scale", None) is not None:
             continue
         user = next(iter(node.users))
         clamp = _clamp_of(gm, user)
@@ -331,7 +342,7 @@ def _lower_graph(gm: torch.fx.GraphModule, report: List[str], ranges: Optional[D
         hi = clamp[1] if conv.clamp_max is None else (conv.clamp_max if clamp[1] is None
                                                        else min(conv.clamp_max, clamp[1]))
         if lo is not None and hi is not None and lo > hi:
-            report.append(f"{node.target}: clamp {clamp} ({user.name}) left as it is (empty with the conv's "
+            report.append(f"{node.target}: clamp {clamp} ({user.name}) left as it is (empty with the layer's "
                           f"clamp {(conv.clamp_min, conv.clamp_max)})")
             continue
         had = (conv.clamp_min, conv.clamp_max)
@@ -342,7 +353,7 @@ def _lower_graph(gm: torch.fx.GraphModule, report: List[str], ranges: Optional[D
             # e.g. a ReLU module shared by several calls (q8.fuse fuses it into the conv and keeps
             # the module): the conv's output is already clamped, the call is a no-op
             report.append(f"{node.target}: dropped the clamp {clamp} ({user.name}): a no-op after the "
-                          f"conv's own clamp {had}")
+                          f"layer's own clamp {had}")
         else:
             report.append(f"{node.target}: fused the clamp {clamp} ({user.name})"
                           + (f" into its clamp {had}: {(lo, hi)}" if had != (None, None) else ""))

@@ -422,6 +422,37 @@ def test_clamp_composition_with_an_already_fused_clamp():
                    for n in gm.graph.nodes), gm.code
 
 
+def test_linear_takes_the_relu_after_it():
+    """A ReLU after an Int8Linear becomes its clamp, and a functional relu that q8's fusion kept after the clamp
+    it fused (the demo CNN's fc1) is dropped: the lowered model calls neither, and equals the eager one."""
+    class M(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 4, 3, padding=1)
+            self.fc1 = nn.Linear(4 * 8 * 8, 16)
+            self.fc2 = nn.Linear(16, 8)
+            self.act = nn.ReLU6()
+            self.fc3 = nn.Linear(8, 3)
+
+        def forward(self, x):
+            x = torch.relu(self.fc1(torch.flatten(torch.relu(self.conv(x)), 1)))
+            return self.fc3(self.act(self.fc2(x)))
+
+    conv = converted(M(), (2, 3, 8, 8))
+    assert (conv.fc1.clamp_min, conv.fc1.clamp_max) == (0.0, None)  # fused by q8.prepare, torch.relu kept
+    conv.fc2.clamp_min = conv.fc2.clamp_max = None  # as with QConfig(fuse=False): the ReLU6 module runs after
+    conv.act = nn.ReLU6()
+    x = torch.randn(2, 3, 8, 8) * 2
+    expected = conv(x)
+    gm = lower(conv)
+    report = "\n".join(gm.q8_lowering_report)
+    assert "fc1: dropped the clamp (0.0, None)" in report and "fc2: fused the clamp (0.0, 6.0)" in report, report
+    assert (gm.fc2.clamp_min, gm.fc2.clamp_max) == (0.0, 6.0) and conv.fc2.clamp_min is None  # a copy is lowered
+    assert not any(n.target is torch.relu or (n.op == "call_module" and type(gm.get_submodule(n.target)) is nn.ReLU6)
+                   for n in gm.graph.nodes), gm.code
+    assert torch.equal(gm(x), expected)
+
+
 # ---------------------------------------------------------------------------- regressions
 # q8.lower did nothing on q8._cnn_models' networks: it treated every class under ``q8`` as an
 # fx leaf (so BasicBlock / InvertedResidual were never entered), and after q8's conv-BN(-ReLU)
@@ -650,7 +681,7 @@ def test_shared_relu_module():
     for b in ("b1", "b2"):
         assert type(conv.get_submodule(f"{b}.relu")) is nn.ReLU  # shared: kept by the fusion
         assert (conv.get_submodule(f"{b}.conv1").clamp_min, conv.get_submodule(f"{b}.conv1").clamp_max) == (0.0, None)
-        assert f"{b}.conv1: dropped the clamp (0.0, None) ({b}_relu): a no-op after the conv's own clamp" in report
+        assert f"{b}.conv1: dropped the clamp (0.0, None) ({b}_relu): a no-op after the layer's own clamp" in report
         assert f"{b}.conv2: fused the residual add and the clamp (0.0, None)" in report, report
         assert (gm.get_submodule(f"{b}.conv2").clamp_min, gm.get_submodule(f"{b}.conv2").clamp_max) == (0.0, None)
     assert not any(n.op == "call_module" and not isinstance(gm.get_submodule(n.target), Int8Conv2d)
