@@ -471,6 +471,19 @@ def _encoder_layer(module, _arg=None):
     return _rebrand(module, Int8TransformerEncoderLayer)
 
 
+def _encoder_layer_fusing(module, arg=None):
+    """Rebranded, with a ReLU feed-forward activation fused into ``linear1`` (a FusedLinear, converted next
+    with the clamp in its epilogue). GELU and other activations stay calls."""
+    module = _encoder_layer(module, arg)
+    if not module.q8_relu_in_linear1 and module.activation_relu_or_gelu == 1 and \
+            type(module.linear1) is torch.nn.Linear:
+        module.linear1 = FusedLinear(module.linear1, None, torch.nn.ReLU())
+        module.q8_relu_in_linear1 = True
+    else:
+        module.q8_relu_in_linear1 = module.q8_relu_in_linear1  # an instance attribute (TorchScript reads those)
+    return module
+
+
 def _encoder(module, _arg=None):
     # nn.TransformerEncoder's sparsity fast path turns the input into a nested tensor and
     # reads the first layer's float weights: Int8TransformerEncoder has none.
@@ -552,7 +565,7 @@ def _register_builtins() -> None:
         qat=lambda m, c: QATMultiheadAttention.from_float(m, c))
     reg(QATMultiheadAttention, convert=_convert_qat_mha)
     for t in (nn.TransformerEncoderLayer, Int8TransformerEncoderLayer):
-        reg(t, dynamic=_encoder_layer, qat=_encoder_layer, convert=_encoder_layer, descend=True)
+        reg(t, dynamic=_encoder_layer_fusing, qat=_encoder_layer_fusing, convert=_encoder_layer, descend=True)
     for t in (nn.TransformerEncoder, Int8TransformerEncoder):
         reg(t, dynamic=_encoder, qat=_encoder, convert=_encoder, descend=True)
     reg(hf.HF_CONV1D, dynamic=lambda m, a: Int8Linear.from_float(hf.conv1d_as_linear(m), a),

@@ -15,7 +15,7 @@ import logging
 import warnings
 import weakref
 from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Optional, Union
+from typing import Callable, Dict, List, Optional, Tuple, Union
 
 import torch
 
@@ -249,14 +249,16 @@ def _floating_check(module: torch.nn.Module) -> Optional[str]:
 def walk(model: torch.nn.Module, mode: str, arg, skipped: Callable[[str], bool], where: str) -> torch.nn.Module:
     """Convert ``model`` in place with the registry's ``mode`` converters; record and announce the report."""
     report = ConversionReport(where)
-    done: Dict[int, torch.nn.Module] = {}  # id(module) -> its replacement, so that shared layers stay shared
+    # id(module) -> (module, its replacement), so that shared layers stay shared. The module is held so
+    # that its id cannot be reused during the walk by an object created later (a converter's temporary).
+    done: Dict[int, Tuple[torch.nn.Module, torch.nn.Module]] = {}
 
     def call(fn, module):
         return fn(module) if mode == "convert" else fn(module, arg)
 
     def visit(module: torch.nn.Module, name: str) -> torch.nn.Module:
         if id(module) in done:
-            return done[id(module)]
+            return done[id(module)][1]
         result = module
         conv = _lookup(module)
         tname = type(module).__name__
@@ -305,7 +307,7 @@ def walk(model: torch.nn.Module, mode: str, arg, skipped: Callable[[str], bool],
                     report.entries.append(ModuleEntry(name, tname, None, "no_converter",
                                                       f"q8 has no converter for {tname}"))
                 descend(module, name)
-        done[id(module)] = result
+        done[id(module)] = (module, result)
         return result
 
     def descend(parent: torch.nn.Module, parent_name: str) -> None:

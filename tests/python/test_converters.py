@@ -279,6 +279,44 @@ def test_transformer_encoder_torchscript_pickle_deepcopy():
         assert torch.equal(pickle.loads(pickle.dumps(q))(x, src_key_padding_mask=kpm), expected)
 
 
+@pytest.mark.parametrize("activation", ["relu", "relu_module", "gelu"])
+def test_transformer_encoder_relu_fuses_into_linear1(activation):
+    """The feed-forward ReLU runs in linear1's epilogue (Int8Linear clamp_min=0), bit-identical to the layer
+    calling it after an unclamped linear1; GELU stays a call."""
+    torch.manual_seed(9)
+    act = nn.ReLU() if activation == "relu_module" else activation
+    model = nn.TransformerEncoder(nn.TransformerEncoderLayer(E, H, 64, dropout=0.1, batch_first=True,
+                                                             activation=act), 2, enable_nested_tensor=False).eval()
+    x = torch.randn(N, 6, E)
+    q = q8.quantize_dynamic(copy.deepcopy(model))
+    fused = activation != "gelu"
+    for layer in q.layers:
+        assert type(layer.linear1) is q8.nn.Int8Linear and layer.q8_relu_in_linear1 == fused
+        assert layer.linear1.clamp_min == (0.0 if fused else None) and layer.linear1.clamp_max is None
+    unfused = copy.deepcopy(q)
+    for layer in unfused.layers:
+        layer.q8_relu_in_linear1 = False
+        layer.linear1.clamp_min = None
+    with torch.no_grad():
+        y = q(x)
+        assert torch.equal(y, unfused(x))
+        assert rel(y, model(x)) < 0.03
+        assert torch.equal(torch.jit.script(q)(x), y)
+    # QAT: linear1 trains as a QATLinear clamping at 0 and converts to the clamped Int8Linear.
+    qat = q8.prepare_qat(copy.deepcopy(model).train())
+    assert all(type(layer.linear1) is q8.nn.QATLinear and layer.linear1.clamp_min == (0.0 if fused else None)
+               for layer in qat.layers)
+    qat(x).pow(2).mean().backward()
+    qat.eval()
+    with torch.no_grad():
+        fake = qat(x)
+    q8.convert(qat)
+    assert all(type(layer.linear1) is q8.nn.Int8Linear and layer.linear1.clamp_min == (0.0 if fused else None)
+               for layer in qat.layers)
+    with torch.no_grad():
+        assert rel(qat(x), fake) < 1e-3
+
+
 def test_nn_transformer_all_modes():
     torch.manual_seed(8)
     model = nn.Transformer(E, H, 2, 2, 64, dropout=0.0, batch_first=True).eval()
@@ -352,6 +390,45 @@ def registered():
     yield register
     for t in keys:
         q8.unregister_converter(t)
+
+
+class Wrapping(nn.Module):
+    """A container whose converter wraps each child in a fresh temporary (itself converted away)."""
+
+    def __init__(self, n):
+        super().__init__()
+        self.items = nn.ModuleList(nn.Linear(4, 4) for _ in range(n))
+
+    def forward(self, x):
+        for m in self.items:
+            x = m(x)
+        return x
+
+
+class Temporary(nn.Module):
+    def __init__(self, inner):
+        super().__init__()
+        self.inner = inner
+
+
+def test_walk_keeps_the_modules_it_visited(registered):
+    """Regression: the walk remembered visited modules by id() only; a converter's temporary, freed after its
+    conversion, could hand its id to a later temporary, which then got the first one's replacement (a
+    TransformerEncoderLayer's linear1 became its self-attention)."""
+    def wrap_children(m, a):
+        for i in range(len(m.items)):
+            m.items[i] = Temporary(m.items[i])
+        return m
+
+    registered(Wrapping, dynamic=wrap_children, descend=True)
+    registered(Temporary, dynamic=lambda m, a: Int8Linear.from_float(m.inner, a))
+    torch.manual_seed(0)
+    model = Wrapping(40)
+    weights = [m.weight.detach().clone() for m in model.items]
+    q8.quantize_dynamic(model)
+    assert all(type(m) is Int8Linear for m in model.items)
+    for m, w in zip(model.items, weights):  # each item converted from its own linear
+        torch.testing.assert_close(m.weight_int8.float() * m.weight_scale[:, None], w, atol=0.02, rtol=0)
 
 
 def test_user_converter_report_log_and_no_noise(registered, caplog):

@@ -274,7 +274,17 @@ class Int8TransformerEncoderLayer(torch.nn.TransformerEncoderLayer):
 
     Same attributes, state_dict keys and forward contract as the float layer; the
     computation is the float layer's own non-fused path (``_sa_block``, ``_ff_block``).
+    When q8's converters fused the layer's ReLU into ``linear1`` (``q8_relu_in_linear1``:
+    ``linear1`` is then a ``FusedLinear`` with the ReLU, or an int8 / QAT linear clamping at
+    0 in its epilogue), the feed-forward block calls no separate activation.
     """
+
+    q8_relu_in_linear1: bool = False  # (a layer converted by a q8 without the fusion has no such attribute)
+
+    def _ff_block(self, x: Tensor) -> Tensor:
+        if self.q8_relu_in_linear1:
+            return self.dropout2(self.linear2(self.dropout(self.linear1(x))))
+        return self.dropout2(self.linear2(self.dropout(self.activation(self.linear1(x)))))
 
     def forward(self, src: Tensor, src_mask: Optional[Tensor] = None, src_key_padding_mask: Optional[Tensor] = None,
                 is_causal: bool = False) -> Tensor:
