@@ -22,6 +22,7 @@ left float, and why. See ``docs/converters.md``.
 from typing import Iterable, Optional
 
 import torch
+import torch.nn.functional as F
 
 from . import registry
 from .config import QConfig
@@ -471,16 +472,33 @@ def _encoder_layer(module, _arg=None):
     return _rebrand(module, Int8TransformerEncoderLayer)
 
 
+def _relu_into_linear1(module) -> bool:
+    """Make a transformer layer's ``linear1`` a FusedLinear with its ReLU feed-forward activation (converted next
+    with the clamp in its epilogue); False when the activation is not ReLU or linear1 no plain nn.Linear."""
+    act = module.activation
+    if not (act is F.relu or isinstance(act, torch.nn.ReLU)) or type(module.linear1) is not torch.nn.Linear:
+        return False
+    module.linear1 = FusedLinear(module.linear1, None, torch.nn.ReLU())
+    return True
+
+
 def _encoder_layer_fusing(module, arg=None):
-    """Rebranded, with a ReLU feed-forward activation fused into ``linear1`` (a FusedLinear, converted next
-    with the clamp in its epilogue). GELU and other activations stay calls."""
+    """Rebranded, with a ReLU feed-forward activation fused into ``linear1``. GELU and other activations stay
+    calls."""
     module = _encoder_layer(module, arg)
-    if not module.q8_relu_in_linear1 and module.activation_relu_or_gelu == 1 and \
-            type(module.linear1) is torch.nn.Linear:
-        module.linear1 = FusedLinear(module.linear1, None, torch.nn.ReLU())
+    # (always an instance attribute: TorchScript reads those)
+    module.q8_relu_in_linear1 = module.q8_relu_in_linear1 or _relu_into_linear1(module)
+    return module
+
+
+def _decoder_layer_fusing(module, arg=None):
+    """A decoder layer with a ReLU feed-forward activation: Int8TransformerDecoderLayer, the ReLU fused into
+    ``linear1``; any other stays as it is (its children are converted either way)."""
+    from .nn.attention import Int8TransformerDecoderLayer
+
+    if _relu_into_linear1(module):
+        module = _rebrand(module, Int8TransformerDecoderLayer)
         module.q8_relu_in_linear1 = True
-    else:
-        module.q8_relu_in_linear1 = module.q8_relu_in_linear1  # an instance attribute (TorchScript reads those)
     return module
 
 
@@ -566,6 +584,7 @@ def _register_builtins() -> None:
     reg(QATMultiheadAttention, convert=_convert_qat_mha)
     for t in (nn.TransformerEncoderLayer, Int8TransformerEncoderLayer):
         reg(t, dynamic=_encoder_layer_fusing, qat=_encoder_layer_fusing, convert=_encoder_layer, descend=True)
+    reg(nn.TransformerDecoderLayer, dynamic=_decoder_layer_fusing, qat=_decoder_layer_fusing, descend=True)
     for t in (nn.TransformerEncoder, Int8TransformerEncoder):
         reg(t, dynamic=_encoder, qat=_encoder, convert=_encoder, descend=True)
     reg(hf.HF_CONV1D, dynamic=lambda m, a: Int8Linear.from_float(hf.conv1d_as_linear(m), a),

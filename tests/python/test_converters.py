@@ -317,6 +317,27 @@ def test_transformer_encoder_relu_fuses_into_linear1(activation):
         assert rel(qat(x), fake) < 1e-3
 
 
+@pytest.mark.parametrize("activation", ["relu", "gelu"])
+def test_transformer_decoder_relu_fuses_into_linear1(activation):
+    torch.manual_seed(10)
+    model = nn.Transformer(E, H, 1, 2, 64, dropout=0.0, batch_first=True, activation=activation).eval()
+    src, tgt = torch.randn(N, 7, E), torch.randn(N, 5, E)
+    q = q8.quantize_dynamic(copy.deepcopy(model))
+    fused = activation == "relu"
+    for layer in q.decoder.layers:
+        assert type(layer) is (q8.nn.Int8TransformerDecoderLayer if fused else nn.TransformerDecoderLayer)
+        assert type(layer.linear1) is q8.nn.Int8Linear and layer.linear1.clamp_min == (0.0 if fused else None)
+    unfused = copy.deepcopy(q)
+    for layer in list(unfused.encoder.layers) + list(unfused.decoder.layers):
+        layer.q8_relu_in_linear1 = False
+        layer.linear1.clamp_min = None
+    with torch.no_grad():
+        y = q(src, tgt)
+        assert torch.equal(y, unfused(src, tgt))
+        assert rel(y, model(src, tgt)) < 0.03
+        assert torch.equal(torch.jit.script(q)(src, tgt), y)
+
+
 def test_nn_transformer_all_modes():
     torch.manual_seed(8)
     model = nn.Transformer(E, H, 2, 2, 64, dropout=0.0, batch_first=True).eval()

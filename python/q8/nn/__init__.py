@@ -9,7 +9,8 @@
   accumulation, a fused bias / residual / ReLU epilogue, float or uint8 output;
   ``q8.lower`` keeps uint8 tensors between consecutive layers);
 * :class:`Int8MultiheadAttention` (and :class:`QATMultiheadAttention`,
-  :class:`Int8TransformerEncoderLayer`, :class:`Int8TransformerEncoder`): attention whose
+  :class:`Int8TransformerEncoderLayer`, :class:`Int8TransformerEncoder`,
+  :class:`Int8TransformerDecoderLayer`): attention whose
   projections run on the int8 kernels (``q8/nn/attention.py``);
 * :class:`QATConv1D`: Hugging Face's ``Conv1D`` (GPT-2) for QAT (``q8/nn/hf.py``);
 * :class:`Int8LSTM`, :class:`Int8GRU`, :class:`Int8RNN` and their cells: dynamic int8
@@ -25,8 +26,8 @@
 ``q8.quantize_dynamic``, ``q8.prepare_qat``, ``q8.prepare``, ``q8.calibrate`` and
 ``q8.convert`` swap a model's layers for these.
 """
-from .attention import (Int8MultiheadAttention, Int8TransformerEncoder, Int8TransformerEncoderLayer,
-                        QATMultiheadAttention)
+from .attention import (Int8MultiheadAttention, Int8TransformerDecoderLayer, Int8TransformerEncoder,
+                        Int8TransformerEncoderLayer, QATMultiheadAttention)
 from .conv import Int8Conv1d, Int8Conv2d
 from .embedding import Int8Embedding, Int8EmbeddingBag
 from .fused import FusedConv1d, FusedConv2d, FusedLinear, Int8Clamped
@@ -40,5 +41,5 @@ from .rnn import RNN_FORMAT_VERSION, Int8GRU, Int8GRUCell, Int8LSTM, Int8LSTMCel
 __all__ = ["FORMAT_VERSION", "RNN_FORMAT_VERSION", "FakeQuantize", "FusedConv1d", "FusedConv2d", "FusedLinear",
            "Int8Clamped", "Int8Conv1d", "Int8Conv2d", "Int8Embedding", "Int8EmbeddingBag",
            "Int8GRU", "Int8GRUCell", "Int8LSTM", "Int8LSTMCell", "Int8Linear", "Int8MultiheadAttention", "Int8RNN",
-           "Int8RNNCell", "Int8TransformerEncoder", "Int8TransformerEncoderLayer", "QATConv1D", "QATConv1d", "QATConv2d", "QATConvBn1d", "QATConvBn2d", "QATEmbedding", "QATEmbeddingBag", "QATLinear", "QATLinearBn1d",
+           "Int8RNNCell", "Int8TransformerDecoderLayer", "Int8TransformerEncoder", "Int8TransformerEncoderLayer", "QATConv1D", "QATConv1d", "QATConv2d", "QATConvBn1d", "QATConvBn2d", "QATEmbedding", "QATEmbeddingBag", "QATLinear", "QATLinearBn1d",
            "QATMultiheadAttention"]

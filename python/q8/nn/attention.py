@@ -303,6 +303,22 @@ class Int8TransformerEncoderLayer(torch.nn.TransformerEncoderLayer):
         return x
 
 
+class Int8TransformerDecoderLayer(torch.nn.TransformerDecoderLayer):
+    """``nn.TransformerDecoderLayer`` whose ReLU q8's converters fused into ``linear1``.
+
+    The float layer's code, except that the feed-forward block calls no separate
+    activation (``linear1`` clamps at 0 in its epilogue, or is a ``FusedLinear`` with the
+    ReLU). Decoder layers with another activation are not rebranded.
+    """
+
+    q8_relu_in_linear1: bool = True
+
+    def _ff_block(self, x: Tensor) -> Tensor:
+        if self.q8_relu_in_linear1:
+            return self.dropout3(self.linear2(self.dropout(self.linear1(x))))
+        return self.dropout3(self.linear2(self.dropout(self.activation(self.linear1(x)))))
+
+
 class Int8TransformerEncoder(torch.nn.TransformerEncoder):
     """``nn.TransformerEncoder`` without the nested-tensor fast path (its layers may be int8).
 
