@@ -216,3 +216,36 @@ def test_generate_and_kv_cache(name):
         prefix = model(out[:, :-1], use_cache=True)
         step = model(out[:, -1:], past_key_values=prefix.past_key_values, use_cache=True).logits[:, -1]
     assert rel(step, full) < 1e-4
+
+
+@pytest.mark.parametrize("mode", ["dynamic", "static"])
+def test_relu_bert_fuses_the_intermediate_activation(mode):
+    """A BERT with hidden_act="relu": BertIntermediate's dense -> ReLU module is found by fx tracing and fused (the
+    ReLU in q8.linear's epilogue), bit-identical to the unfused conversion; GELU BERTs are left as they are."""
+    torch.manual_seed(0)
+    model = transformers.BertForMaskedLM(transformers.BertConfig(
+        hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128, vocab_size=VOCAB,
+        max_position_embeddings=32, hidden_act="relu")).eval()
+    ids = torch.randint(0, VOCAB, (2, 8))
+    ref = logits(model, ids, "bert")
+
+    def convert(fuse):
+        m = copy.deepcopy(model)
+        if mode == "dynamic":
+            return q8.quantize_dynamic(m, fuse=fuse)
+        m = q8.prepare(m, q8.QConfig(fuse=fuse, activation_observer="minmax"))
+        with torch.no_grad():
+            m(ids)
+        return q8.convert(m)
+
+    fused, unfused = convert(True), convert(False)
+    for layer in fused.bert.encoder.layer:
+        dense = layer.intermediate.dense
+        assert type(dense) is Int8Linear and (dense.clamp_min, dense.clamp_max) == (0.0, None)
+        assert type(layer.intermediate.intermediate_act_fn) is nn.Identity
+    assert unfused.bert.encoder.layer[0].intermediate.dense.clamp_min is None
+    got = logits(fused, ids, "bert")
+    assert torch.equal(got, logits(unfused, ids, "bert"))
+    assert rel(got, ref) < 0.05
+    gelu = q8.quantize_dynamic(bert().eval())
+    assert gelu.bert.encoder.layer[0].intermediate.dense.clamp_min is None
