@@ -109,10 +109,10 @@ def quantize_dynamic(model: torch.nn.Module, activation: str = "dynamic", skip: 
             float: a named layer is kept, and so is every layer inside a named
             container. Every name must exist in the model (a typo is an error, not a
             silently unquantized layer).
-        fuse: first fuse ``conv -> BatchNorm -> ReLU`` chains (and ``Linear ->
-            BatchNorm1d``) q8 finds (``docs/fusion.md``): the BatchNorm is folded into
+        fuse: first fuse ``conv / linear -> BatchNorm -> ReLU`` chains (either of the
+            last two optional) q8 finds (``docs/fusion.md``): the BatchNorm is folded into
             the weight and bias (its running statistics: the model should be in eval
-            mode) and the activation becomes the conv's output clamp. ``False`` keeps
+            mode) and the activation becomes the int8 layer's output clamp. ``False`` keeps
             the model's structure; :func:`q8.fuse_modules` fuses by hand.
     """
     if activation == "static":
