@@ -95,19 +95,13 @@ class _Q8Tracer(torch.fx.Tracer):
         return super().is_leaf_module(m, qualname)
 
 
-def _conv_of(gm: torch.fx.GraphModule, node: torch.fx.Node) -> Optional[Int8Conv2d]:
+def _conv_of(gm: torch.fx.GraphModule, node: torch.fx.Node, types=Int8Conv2d):
+    """The module of ``types`` a call_module node calls, else None (by default an Int8Conv2d; with
+    ``(Int8Conv2d, Int8Linear)``, the layers with a clamp in their epilogue)."""
     if node.op != "call_module":
         return None
     m = gm.get_submodule(node.target)
-    return m if isinstance(m, Int8Conv2d) else None
-
-
-def _clamping_layer_of(gm: torch.fx.GraphModule, node: torch.fx.Node):
-    """The int8 conv or linear a call_module node calls (layers with a clamp in their epilogue), else None."""
-    if node.op != "call_module":
-        return None
-    m = gm.get_submodule(node.target)
-    return m if isinstance(m, (Int8Conv2d, Int8Linear)) else None
+    return m if isinstance(m, types) else None
 
 
 def _is_add(node: torch.fx.Node) -> bool:
@@ -329,7 +323,7 @@ def _lower_graph(gm: torch.fx.GraphModule, report: List[str], ranges: Optional[D
     # into) gets the composition: clamp(clamp(y, a, b), c, d) == clamp(y, max(a, c), min(b, d))
     # whenever max(a, c) <= min(b, d) (NaN stays NaN either way).
     for node in list(graph.nodes):
-        conv = _clamping_layer_of(gm, node)
+        conv = _conv_of(gm, node, (Int8Conv2d, Int8Linear))
         if conv is None or node.target not in once or len(node.users) != 1 or \
                 getattr(conv, "output_scale", None) is not None:
             continue

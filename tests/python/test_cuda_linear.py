@@ -17,6 +17,7 @@ import torch.nn.functional as F
 
 import q8
 from test_fake_quantize import assert_same
+from test_linear import clamp_ref
 
 pytestmark = pytest.mark.skipif(
     not (torch.cuda.is_available() and torch._C._dispatch_has_kernel_for_dispatch_key("q8::linear", "CUDA")),
@@ -209,8 +210,7 @@ def test_linear_fused_clamp(dtype, m):
             assert_same(y.cpu(), y_cpu)
         plain = q8.linear(x.to(DEV), pd, ws.to(DEV), bias.to(DEV), "weight_only").float()
         y = q8.linear(x.to(DEV), pd, ws.to(DEV), bias.to(DEV), "weight_only", None, None, lo, hi)
-        ref = plain if lo is None else torch.clamp(plain, min=lo)
-        ref = ref if hi is None else torch.clamp(ref, max=hi)
+        ref = clamp_ref(plain, lo, hi)
         if dtype == torch.float32:
             assert_same(y, ref)
         else:  # (the kernel clamps its float32 result; plain is already rounded: clamp and rounding commute)

@@ -41,6 +41,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..config import OBSERVERS, QConfig, quant_range
+from .fused import clamp
 
 __all__ = ["FakeQuantize", "QATLinear", "QATConv1d", "QATConv2d"]
 
@@ -444,7 +445,7 @@ class QATLinear(torch.nn.Linear):
 
     def forward(self, input: Tensor) -> Tensor:
         y = F.linear(self.input_fake_quant(input), self.weight_fake_quant(self.weight), self.bias)
-        return _clamp(y, self.clamp_min, self.clamp_max)
+        return clamp(y, self.clamp_min, self.clamp_max)
 
 
 class _QATConvNd:
@@ -485,7 +486,7 @@ class QATConv2d(torch.nn.Conv2d):
 
     def forward(self, input: Tensor) -> Tensor:
         y = self._conv_forward(self.input_fake_quant(input), self.weight_fake_quant(self.weight), self.bias)
-        return _clamp(y, self.clamp_min, self.clamp_max)
+        return clamp(y, self.clamp_min, self.clamp_max)
 
 
 class QATConv1d(torch.nn.Conv1d):
@@ -511,7 +512,7 @@ class QATConv1d(torch.nn.Conv1d):
 
     def forward(self, input: Tensor) -> Tensor:
         y = self._conv_forward(self.input_fake_quant(input), self.weight_fake_quant(self.weight), self.bias)
-        return _clamp(y, self.clamp_min, self.clamp_max)
+        return clamp(y, self.clamp_min, self.clamp_max)
 
 
 def _conv_from_float(cls, float_type, conv, config):
@@ -530,10 +531,3 @@ def _clamp_repr(clamp_min, clamp_max) -> str:
     return f", clamp_min={clamp_min}, clamp_max={clamp_max}"
 
 
-def _clamp(y: Tensor, clamp_min: Optional[float], clamp_max: Optional[float]) -> Tensor:
-    """The fused activation: ``y`` clamped to ``[clamp_min, clamp_max]`` (None: unbounded; NaN stays NaN)."""
-    if clamp_min is not None:
-        y = torch.clamp_min(y, clamp_min)
-    if clamp_max is not None:
-        y = torch.clamp_max(y, clamp_max)
-    return y

@@ -38,7 +38,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..config import QConfig
-from .qat import _clamp, _config
+from .fused import clamp
+from .qat import _config
 
 __all__ = ["QATConvBn1d", "QATConvBn2d", "QATLinearBn1d", "freeze_bn_stats", "update_bn_stats"]
 
@@ -97,7 +98,7 @@ class _QATConvBnMixin:
         if bias is not None:
             y = y + bias.reshape(bias_shape)
         y = bn(y)
-        return _clamp(y, self.clamp_min, self.clamp_max)
+        return clamp(y, self.clamp_min, self.clamp_max)
 
     def folded_weight_and_bias(self):
         """``(weight * scale_factor, bn.bias + (bias - running_mean) * scale_factor)`` from the running stats.
